@@ -1,0 +1,1 @@
+"""Alerts: schema, aggregation, durable store, ZeroMQ bus and SIEM outputs."""

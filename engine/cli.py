@@ -1,0 +1,54 @@
+"""The `wardwatch` command line.
+
+Each subcommand lives in the module that implements it and is imported only
+when it runs, so `wardwatch flows` does not pay for importing the model,
+ZeroMQ or matplotlib. Register a command by adding one line to COMMANDS.
+
+Exit codes shared by every command:
+  0  success
+  1  the run failed (bad input file, unreadable capture, runtime error)
+  2  usage error (unknown option, invalid value), as Click reports it
+"""
+
+import importlib
+import logging
+
+import click
+
+from engine import __version__
+
+# command name -> (module, attribute of the click.Command in that module)
+COMMANDS = {
+}
+
+
+class LazyGroup(click.Group):
+    """A Click group that imports a subcommand's module on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attribute = target
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="wardwatch")
+@click.option(
+    "-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug."
+)
+def main(verbose):
+    """WardWatch: network threat detection for hospital networks."""
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
