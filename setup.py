@@ -17,9 +17,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def native_extensions():
+    # WARDWATCH_EXT=reader,decode builds only those modules: a quicker
+    # edit-compile loop for `python setup.py build_ext --inplace`.
+    only = {n for n in os.environ.get("WARDWATCH_EXT", "").split(",") if n}
     extensions = []
     for pyx in sorted(glob.glob(os.path.join("ext", "*.pyx"))):
         name = os.path.splitext(os.path.basename(pyx))[0]
+        if only and name not in only:
+            continue
         extensions.append(
             Extension(
                 f"engine._native.{name}",
