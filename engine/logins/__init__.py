@@ -1,0 +1,1 @@
+"""Login records and user-behaviour analytics: log readers, baselines, detections."""
