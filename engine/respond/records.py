@@ -1,0 +1,158 @@
+"""The response_actions table: one row per action the responder took or would take.
+
+Every decision that reaches a playbook action is recorded, including the
+ones a safety guard stopped, so an operator can see what happened, who
+(actor) did it, why (the rule and the alert) and until when (expires_at).
+Rows are never deleted; undo and expiry update status, ended_at and
+ended_by.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS response_actions (
+    id TEXT PRIMARY KEY,              -- 16 hex digits, the ID for `wardwatch respond undo`
+    created_at REAL NOT NULL,         -- wall-clock seconds since the epoch
+    actor TEXT NOT NULL,              -- who acted: the responder's name, e.g. wardwatch-respond@fw1
+    rule TEXT NOT NULL,               -- playbook rule that matched
+    action TEXT NOT NULL,             -- block, rate_limit, isolate, webhook, bus_command, escalate
+    subject TEXT,                     -- IP address or MAC acted on; NULL for notifications
+    status TEXT NOT NULL,             -- see STATUSES in engine/respond/records.py
+    dry_run INTEGER NOT NULL,         -- 1 when nothing was changed on purpose
+    reason TEXT NOT NULL,             -- why: rule, alert category, severity and summary
+    alert_id TEXT,
+    alert_seq INTEGER,
+    sensor_id TEXT,
+    expires_at REAL,                  -- wall clock; NULL for actions that do not expire
+    ended_at REAL,                    -- when undone or expired
+    ended_by TEXT,                    -- who undid it, or "expiry"
+    detail TEXT NOT NULL DEFAULT '{}' -- JSON: nft set, command, HTTP status, error text
+);
+CREATE INDEX IF NOT EXISTS response_actions_subject ON response_actions (subject, action);
+CREATE INDEX IF NOT EXISTS response_actions_status ON response_actions (status, expires_at);
+"""
+
+STATUSES = (
+    "applied",  # the change was made (set element added, webhook returned 2xx, command published)
+    "dry_run",  # the change would have been made; nothing was touched
+    "escalated",  # a disruptive action on a life-critical asset was turned into an escalation
+    "skipped_allowlist",  # the subject is on the allowlist
+    "skipped_rate_cap",  # the actions-per-minute cap was reached
+    "failed",  # the change was attempted and failed (detail.error contains the reason)
+    "undone",  # reverted by `wardwatch respond undo`
+    "expired",  # its timeout passed
+)
+# Statuses whose subject may still be enforced and so can be undone or expire.
+ACTIVE_STATUSES = ("applied",)
+
+
+@dataclass
+class ActionRecord:
+    actor: str
+    rule: str
+    action: str
+    subject: str | None
+    status: str
+    dry_run: bool
+    reason: str
+    alert_id: str | None = None
+    alert_seq: int | None = None
+    sensor_id: str | None = None
+    expires_at: float | None = None
+    ended_at: float | None = None
+    ended_by: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the response_actions table if it does not exist yet."""
+    conn.executescript(SCHEMA)
+
+
+def insert_action(conn: sqlite3.Connection, record: ActionRecord) -> None:
+    """Store one action record and commit it."""
+    if record.status not in STATUSES:
+        raise ValueError(f"invalid action status {record.status!r}; expected one of {', '.join(STATUSES)}")
+    conn.execute(
+        "INSERT INTO response_actions (id, created_at, actor, rule, action, subject, status, dry_run,"
+        " reason, alert_id, alert_seq, sensor_id, expires_at, ended_at, ended_by, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.id, record.created_at, record.actor, record.rule, record.action, record.subject,
+            record.status, int(record.dry_run), record.reason, record.alert_id, record.alert_seq,
+            record.sensor_id, record.expires_at, record.ended_at, record.ended_by,
+            json.dumps(record.detail, sort_keys=True),
+        ),
+    )
+
+
+def _from_row(row: sqlite3.Row) -> ActionRecord:
+    values = dict(row)
+    values["dry_run"] = bool(values["dry_run"])
+    values["detail"] = json.loads(values["detail"])
+    return ActionRecord(**values)
+
+
+def get_action(conn: sqlite3.Connection, action_id: str) -> ActionRecord | None:
+    """Return the record with this id, or None."""
+    row = conn.execute("SELECT * FROM response_actions WHERE id = ?", (action_id,)).fetchone()
+    return _from_row(row) if row is not None else None
+
+
+def list_actions(conn: sqlite3.Connection, status: str | None = None, limit: int = 100) -> list[ActionRecord]:
+    """Return the newest records first, optionally only those with `status`."""
+    query = "SELECT * FROM response_actions"
+    parameters: list[Any] = []
+    if status is not None:
+        query += " WHERE status = ?"
+        parameters.append(status)
+    query += " ORDER BY created_at DESC LIMIT ?"
+    parameters.append(limit)
+    return [_from_row(row) for row in conn.execute(query, parameters)]
+
+
+def active_actions(conn: sqlite3.Connection, now: float) -> list[ActionRecord]:
+    """Return applied actions that have not expired at wall-clock time `now`."""
+    rows = conn.execute(
+        "SELECT * FROM response_actions WHERE status = 'applied'"
+        " AND (expires_at IS NULL OR expires_at > ?) ORDER BY created_at",
+        (now,),
+    )
+    return [_from_row(row) for row in rows]
+
+
+def due_for_expiry(conn: sqlite3.Connection, now: float) -> list[ActionRecord]:
+    """Return applied actions whose expires_at has passed at `now`."""
+    rows = conn.execute(
+        "SELECT * FROM response_actions WHERE status = 'applied' AND expires_at IS NOT NULL"
+        " AND expires_at <= ? ORDER BY expires_at",
+        (now,),
+    )
+    return [_from_row(row) for row in rows]
+
+
+def end_action(conn: sqlite3.Connection, action_id: str, status: str, ended_by: str, now: float,
+               detail: dict[str, Any] | None = None) -> bool:
+    """Mark an applied action undone or expired; return False if it was not applied any more."""
+    if status not in ("undone", "expired"):
+        raise ValueError(f"invalid end status {status!r}; expected undone or expired")
+    query = "UPDATE response_actions SET status = ?, ended_at = ?, ended_by = ?"
+    parameters: list[Any] = [status, now, ended_by]
+    if detail is not None:
+        query += ", detail = ?"
+        parameters.append(json.dumps(detail, sort_keys=True))
+    query += " WHERE id = ? AND status = 'applied'"
+    parameters.append(action_id)
+    return conn.execute(query, parameters).rowcount == 1

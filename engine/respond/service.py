@@ -1,0 +1,48 @@
+"""The responder's receive loop: alerts from the bus in, actions out, expiry on every tick."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from engine.alerts.bus import GapFillingSubscriber
+from engine.alerts.schema import TOPIC_PREFIX, unpack_alert
+from engine.respond.responder import Responder
+
+log = logging.getLogger(__name__)
+
+# Maximum wait for a message before the expiry sweep runs again.
+TICK_S = 0.5
+# Undecodable bodies are logged once per this many occurrences.
+LOG_EVERY_INVALID = 100
+
+
+def run_responder(responder: Responder, subscriber: GapFillingSubscriber, stop: threading.Event | None = None,
+                  idle_exit_s: float | None = None) -> None:
+    """Handle alerts until `stop` is set or nothing arrives for `idle_exit_s` seconds."""
+    stop = stop or threading.Event()
+    last_message = time.monotonic()
+    log.info("responder started (%s), actor %s", "dry run" if responder.dry_run else "enforcing",
+             responder.actor)
+    while not stop.is_set():
+        received = subscriber.receive(timeout_s=TICK_S)
+        responder.expire_due()
+        if received is None:
+            if idle_exit_s is not None and time.monotonic() - last_message >= idle_exit_s:
+                log.info("no alert for %.1f s; stopping", idle_exit_s)
+                break
+            continue
+        last_message = time.monotonic()
+        if not received.topic.startswith(TOPIC_PREFIX):
+            continue
+        try:
+            alert = unpack_alert(received.body)
+        except (ValueError, TypeError, KeyError) as error:
+            responder.counters["invalid_bodies"] += 1
+            if responder.counters["invalid_bodies"] % LOG_EVERY_INVALID == 1:
+                log.warning("skipped an undecodable alert body on %s (seq %s): %s; %d so far",
+                            received.topic, received.seq, error, responder.counters["invalid_bodies"])
+            continue
+        responder.handle(alert)
+    log.info("responder stopped: %s", dict(responder.counters))
