@@ -1,0 +1,428 @@
+"""Threshold rules over ended flows and ARP packets.
+
+The model learns from simulated hospital traffic; these rules catch the
+classic shapes of an attack in any traffic, the way Zeek's scan and
+brute-force policies do: a source that fails to connect to many ports or
+hosts, many short logins to one service, half-open connections piling up on
+one target, long DNS queries, ARP replies that move an address to a new MAC.
+
+Rules see ended flows in batches (numpy masks pick the candidate flows) and
+keep per-key state in bounded tables: each table holds at most
+`max_keys` keys and drops the least recently updated key when full
+(counter: rule_state_evicted). Windows advance with capture time.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.flows.layout import CONN_STATE_NAMES
+
+# Connection states of a TCP attempt that got no service: no answer (S0),
+# rejected (REJ), reset by the originator before an answer (RSTOS0), or the
+# responder reset after only its SYN-ACK (RSTRH), or a lone SYN then FIN (SH).
+_FAILED_STATES = {"S0", "REJ", "RSTOS0", "RSTRH", "SH", "OTH"}
+_FAILED_STATE_IDS = np.array(
+    [i for i, name in enumerate(CONN_STATE_NAMES) if name in _FAILED_STATES], dtype=np.uint8
+)
+_S0_ID = CONN_STATE_NAMES.index("S0")
+
+# Services whose repeated short sessions are login attempts.
+AUTH_PORTS = {
+    21: "ftp_bruteforce",
+    22: "ssh_bruteforce",
+    23: "ssh_bruteforce",  # telnet: no class of its own, password guessing all the same
+    3389: "rdp_bruteforce",
+    5900: "rdp_bruteforce",  # VNC, remote desktop too
+    110: "ftp_bruteforce",
+    143: "ftp_bruteforce",
+}
+_AUTH_PORT_ARRAY = np.array(sorted(AUTH_PORTS), dtype=np.uint16)
+
+# UDP services that answer a small spoofed request with a large response,
+# the reflectors of amplification attacks (DNS, NTP, SNMP, CLDAP, SSDP,
+# chargen, QOTD, memcached).
+AMPLIFIER_PORTS = np.array([17, 19, 53, 123, 161, 389, 1900, 11211], dtype=np.uint16)
+
+# Distinct sources remembered per flood target; past this the count stops.
+_MAX_FLOOD_SOURCES = 4096
+
+ETHERTYPE_ARP = 0x0806
+ARP_REQUEST = 1
+ARP_REPLY = 2
+
+
+@dataclass
+class RuleConfig:
+    # Port scan: distinct ports of one target that failed, within the window.
+    scan_window_s: float = 300.0
+    scan_ports_per_host: int = 15
+    # Host sweep: distinct hosts that failed on one port (TCP/UDP) or were
+    # asked for by ARP, within the window.
+    sweep_hosts: int = 25
+    arp_sweep_hosts: int = 64
+    # Brute force: short sessions from one source to one login service.
+    bruteforce_window_s: float = 300.0
+    bruteforce_sessions: int = 10
+    bruteforce_max_session_s: float = 30.0
+    bruteforce_max_session_bytes: int = 20_000
+    # SYN flood: half-open (S0) attempts at one target within the window.
+    synflood_window_s: float = 10.0
+    synflood_attempts: int = 500
+    # DNS tunnelling: queries from one client whose mean payload is large.
+    dns_window_s: float = 300.0
+    dns_queries: int = 30
+    dns_mean_query_bytes: float = 90.0
+    # UDP reflection: responses from amplifier ports that one target never
+    # asked for, from several reflectors, within the window.
+    reflection_window_s: float = 60.0
+    reflection_responses: int = 100
+    reflection_sources: int = 5
+    # ARP spoofing: replies nobody asked for (no request from the receiver
+    # for that address within arp_request_memory_s) that claim one address,
+    # within the window.
+    arp_window_s: float = 60.0
+    arp_unsolicited_replies: int = 5
+    arp_request_memory_s: float = 5.0
+    max_keys: int = 65_536
+
+
+@dataclass
+class RuleHit:
+    """One rule firing: the pipeline turns it into a detection."""
+
+    attack_class: str
+    rule: str
+    src_ip: str | None
+    dst_ip: str | None
+    dst_port: int | None
+    protocol: str
+    first_seen: float
+    last_seen: float
+    flow_ids: list[int] = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)
+    summary: str = ""
+    src_mac: str | None = None
+
+
+class _WindowTable:
+    """Per-key distinct-item sets over a capture-time window, bounded in keys and items."""
+
+    def __init__(self, window_s: float, max_keys: int, max_items: int = 4096):
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self.max_items = max_items
+        self.entries: collections.OrderedDict = collections.OrderedDict()
+        self.evicted = 0
+
+    def add(self, key, item, when: float, flow_id: int) -> dict:
+        entry = self.entries.get(key)
+        if entry is None or when - entry["start"] > self.window_s:
+            entry = {"start": when, "last": when, "items": set(), "flow_ids": [], "fired": False}
+            self.entries[key] = entry
+            if len(self.entries) > self.max_keys:
+                self.entries.popitem(last=False)
+                self.evicted += 1
+        self.entries.move_to_end(key)
+        entry["last"] = max(entry["last"], when)
+        entry["start"] = min(entry["start"], when)
+        if len(entry["items"]) < self.max_items:
+            entry["items"].add(item)
+        if len(entry["flow_ids"]) < 64:
+            entry["flow_ids"].append(flow_id)
+        return entry
+
+
+def _address(raw: np.ndarray, version: int) -> str:
+    raw = bytes(raw)
+    if version == 4:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+def _protocol_name(proto: int) -> str:
+    return {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(int(proto), str(int(proto)))
+
+
+class FlowRules:
+    """Run the threshold rules on batches of ended flows and packets."""
+
+    def __init__(self, config: RuleConfig | None = None):
+        self.config = config or RuleConfig()
+        c = self.config
+        self.port_scan = _WindowTable(c.scan_window_s, c.max_keys)
+        self.host_sweep = _WindowTable(c.scan_window_s, c.max_keys)
+        self.arp_sweep = _WindowTable(c.scan_window_s, c.max_keys)
+        self.bruteforce = _WindowTable(c.bruteforce_window_s, c.max_keys)
+        self.synflood = _WindowTable(c.synflood_window_s, c.max_keys, max_items=1 << 16)
+        self.dns = _WindowTable(c.dns_window_s, c.max_keys)
+        self.reflection = _WindowTable(c.reflection_window_s, c.max_keys)
+        self.arp_bindings: collections.OrderedDict = collections.OrderedDict()
+        self.arp_unsolicited = _WindowTable(c.arp_window_s, c.max_keys)
+        # (asker, asked-for address) -> time of the last ARP request.
+        self.arp_requests: collections.OrderedDict = collections.OrderedDict()
+        self.counters = collections.Counter()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        evicted = sum(
+            t.evicted for t in (self.port_scan, self.host_sweep, self.arp_sweep,
+                                self.bruteforce, self.synflood, self.dns, self.reflection,
+                                self.arp_unsolicited)
+        )
+        return dict(self.counters, rule_state_evicted=evicted)
+
+    def on_flows(self, flows: np.ndarray) -> list[RuleHit]:
+        """Update the flow rules with ended flows; return the rules that fired."""
+        if flows.size == 0:
+            return []
+        hits: list[RuleHit] = []
+        hits += self._scan_rules(flows)
+        hits += self._bruteforce_rule(flows)
+        hits += self._synflood_rule(flows)
+        hits += self._dns_rule(flows)
+        hits += self._reflection_rule(flows)
+        return hits
+
+    def _scan_rules(self, flows):
+        c = self.config
+        failed = np.isin(flows["conn_state"], _FAILED_STATE_IDS) & (flows["ip_proto"] == 6)
+        # A UDP probe that got no answer at all is a failed attempt too,
+        # unless it comes from an amplifier port: that is a reflected
+        # response, which the reflection rule counts.
+        failed |= (
+            (flows["ip_proto"] == 17)
+            & (flows["dst2src_packets"] == 0)
+            & (flows["src2dst_packets"] <= 2)
+            & ~np.isin(flows["src_port"], AMPLIFIER_PORTS)
+        )
+        hits = []
+        for row in np.flatnonzero(failed):
+            flow = flows[row]
+            version = int(flow["ip_version"])
+            src = _address(flow["src_addr"], version)
+            dst = _address(flow["dst_addr"], version)
+            port = int(flow["dst_port"])
+            when = flow["bidirectional_last_seen_ns"] / 1e9
+            flow_id = int(flow["flow_id"])
+            entry = self.port_scan.add((src, dst), port, when, flow_id)
+            if not entry["fired"] and len(entry["items"]) >= c.scan_ports_per_host:
+                entry["fired"] = True
+                hits.append(RuleHit(
+                    "port_scan", "port_scan", src, dst, None, _protocol_name(flow["ip_proto"]),
+                    entry["start"], entry["last"], list(entry["flow_ids"]),
+                    {"distinct_ports": len(entry["items"]), "window_s": c.scan_window_s},
+                    f"{src} probed {len(entry['items'])} ports of {dst} without getting a service",
+                ))
+            entry = self.host_sweep.add((src, port), dst, when, flow_id)
+            if not entry["fired"] and len(entry["items"]) >= c.sweep_hosts:
+                entry["fired"] = True
+                hits.append(RuleHit(
+                    "host_sweep", "host_sweep", src, None, port, _protocol_name(flow["ip_proto"]),
+                    entry["start"], entry["last"], list(entry["flow_ids"]),
+                    {"distinct_hosts": len(entry["items"]), "port": port, "window_s": c.scan_window_s},
+                    f"{src} tried port {port} on {len(entry['items'])} hosts that did not answer",
+                ))
+        return hits
+
+    def _bruteforce_rule(self, flows):
+        c = self.config
+        duration_s = flows["bidirectional_duration_ms"] / 1000.0
+        total_bytes = flows["bidirectional_bytes"]
+        # Sessions that got past the handshake: the service answered.
+        answered = flows["dst2src_packets"] > 0
+        candidate = (
+            np.isin(flows["dst_port"], _AUTH_PORT_ARRAY)
+            & (flows["ip_proto"] == 6)
+            & answered
+            & (duration_s <= c.bruteforce_max_session_s)
+            & (total_bytes <= c.bruteforce_max_session_bytes)
+            & ~np.isin(flows["conn_state"], _FAILED_STATE_IDS)
+        )
+        hits = []
+        for row in np.flatnonzero(candidate):
+            flow = flows[row]
+            version = int(flow["ip_version"])
+            src = _address(flow["src_addr"], version)
+            dst = _address(flow["dst_addr"], version)
+            port = int(flow["dst_port"])
+            when = flow["bidirectional_last_seen_ns"] / 1e9
+            entry = self.bruteforce.add((src, dst, port), int(flow["src_port"]), when, int(flow["flow_id"]))
+            if not entry["fired"] and len(entry["items"]) >= c.bruteforce_sessions:
+                entry["fired"] = True
+                hits.append(RuleHit(
+                    AUTH_PORTS[port], "bruteforce", src, dst, port, "tcp",
+                    entry["start"], entry["last"], list(entry["flow_ids"]),
+                    {"sessions": len(entry["items"]), "window_s": c.bruteforce_window_s},
+                    f"{src} opened {len(entry['items'])} short login sessions to {dst} port {port}",
+                ))
+        return hits
+
+    def _synflood_rule(self, flows):
+        c = self.config
+        half_open = (flows["conn_state"] == _S0_ID) & (flows["ip_proto"] == 6)
+        rows = np.flatnonzero(half_open)
+        if rows.size == 0:
+            return []
+        hits = []
+        # Group by target first so the per-flow Python work is one add per target.
+        targets = flows["dst_addr"][rows]
+        ports = flows["dst_port"][rows]
+        keys = np.concatenate([targets, ports.view(np.uint8).reshape(-1, 2)], axis=1)
+        unique_keys, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        for group in range(unique_keys.shape[0]):
+            members = rows[inverse.ravel() == group]
+            first = flows[members[0]]
+            version = int(first["ip_version"])
+            dst = _address(first["dst_addr"], version)
+            port = int(first["dst_port"])
+            start = flows["bidirectional_first_seen_ns"][members].min() / 1e9
+            end = flows["bidirectional_last_seen_ns"][members].max() / 1e9
+            entry = self.synflood.add((dst, port), None, start, int(first["flow_id"]))
+            entry.setdefault("attempts", 0)
+            entry["attempts"] += int(counts[group])
+            entry["last"] = max(entry["last"], end)
+            sources = entry.setdefault("sources", set())
+            room = _MAX_FLOOD_SOURCES - len(sources)
+            if room > 0:
+                distinct = np.unique(flows["src_addr"][members], axis=0)[:room]
+                sources.update(_address(a, version) for a in distinct)
+            if not entry["fired"] and entry["attempts"] >= c.synflood_attempts:
+                entry["fired"] = True
+                src = next(iter(sources)) if len(sources) == 1 else None
+                hits.append(RuleHit(
+                    "syn_flood", "syn_flood", src, dst, port, "tcp",
+                    entry["start"], entry["last"], list(entry["flow_ids"]),
+                    {"half_open_attempts": entry["attempts"], "distinct_sources": len(sources),
+                     "window_s": c.synflood_window_s},
+                    f"{entry['attempts']} half-open connections to {dst} port {port} "
+                    f"from {len(sources)} sources",
+                ))
+        return hits
+
+    def _dns_rule(self, flows):
+        c = self.config
+        dns = (flows["dst_port"] == 53) & (flows["src2dst_packets"] > 0)
+        hits = []
+        for row in np.flatnonzero(dns):
+            flow = flows[row]
+            version = int(flow["ip_version"])
+            src = _address(flow["src_addr"], version)
+            dst = _address(flow["dst_addr"], version)
+            when = flow["bidirectional_last_seen_ns"] / 1e9
+            entry = self.dns.add((src, dst), None, when, int(flow["flow_id"]))
+            entry["queries"] = entry.get("queries", 0) + int(flow["src2dst_packets"])
+            entry["query_bytes"] = entry.get("query_bytes", 0) + int(flow["src2dst_payload_bytes"])
+            mean = entry["query_bytes"] / max(entry["queries"], 1)
+            if not entry["fired"] and entry["queries"] >= c.dns_queries and mean >= c.dns_mean_query_bytes:
+                entry["fired"] = True
+                hits.append(RuleHit(
+                    "dns_tunnel", "dns_tunnel", src, dst, 53, _protocol_name(flow["ip_proto"]),
+                    entry["start"], entry["last"], list(entry["flow_ids"]),
+                    {"queries": entry["queries"], "mean_query_payload_bytes": round(mean, 1),
+                     "window_s": c.dns_window_s},
+                    f"{src} sent {entry['queries']} DNS queries to {dst} with a mean payload of "
+                    f"{mean:.0f} bytes, the shape of data carried in query names",
+                ))
+        return hits
+
+    def _reflection_rule(self, flows):
+        c = self.config
+        reflected = (
+            (flows["ip_proto"] == 17)
+            & (flows["dst2src_packets"] == 0)
+            & np.isin(flows["src_port"], AMPLIFIER_PORTS)
+        )
+        hits = []
+        for row in np.flatnonzero(reflected):
+            flow = flows[row]
+            version = int(flow["ip_version"])
+            reflector = _address(flow["src_addr"], version)
+            target = _address(flow["dst_addr"], version)
+            when = flow["bidirectional_last_seen_ns"] / 1e9
+            entry = self.reflection.add(target, reflector, when, int(flow["flow_id"]))
+            entry["responses"] = entry.get("responses", 0) + int(flow["src2dst_packets"])
+            entry["bytes"] = entry.get("bytes", 0) + int(flow["src2dst_bytes"])
+            if (not entry["fired"] and entry["responses"] >= c.reflection_responses
+                    and len(entry["items"]) >= c.reflection_sources):
+                entry["fired"] = True
+                hits.append(RuleHit(
+                    "udp_flood", "udp_reflection", None, target, None, "udp",
+                    entry["start"], entry["last"], list(entry["flow_ids"]),
+                    {"responses": entry["responses"], "bytes": entry["bytes"],
+                     "reflectors": len(entry["items"]), "window_s": c.reflection_window_s},
+                    f"{target} received {entry['responses']} unsolicited UDP responses "
+                    f"({entry['bytes']:,} bytes) from {len(entry['items'])} reflectors",
+                ))
+        return hits
+
+    def on_packets(self, packets: np.ndarray) -> list[RuleHit]:
+        """Update the ARP rules with one decoded batch; return the rules that fired."""
+        arp = packets["ether_type"] == ETHERTYPE_ARP
+        if not arp.any():
+            return []
+        c = self.config
+        hits = []
+        rows = np.flatnonzero(arp & (packets["arp_op"] == ARP_REQUEST))
+        for row in rows:
+            packet = packets[row]
+            sender = _address(packet["src_addr"], 4)
+            target = _address(packet["dst_addr"], 4)
+            when = packet["ts_ns"] / 1e9
+            if sender == target:
+                continue  # gratuitous ARP announces the sender's own address
+            self.arp_requests[(sender, target)] = when
+            self.arp_requests.move_to_end((sender, target))
+            if len(self.arp_requests) > c.max_keys:
+                self.arp_requests.popitem(last=False)
+            entry = self.arp_sweep.add(sender, target, when, 0)
+            if not entry["fired"] and len(entry["items"]) >= c.arp_sweep_hosts:
+                entry["fired"] = True
+                hits.append(RuleHit(
+                    "host_sweep", "arp_sweep", sender, None, None, "arp",
+                    entry["start"], entry["last"], [],
+                    {"distinct_hosts": len(entry["items"]), "window_s": c.scan_window_s},
+                    f"{sender} asked ARP for {len(entry['items'])} addresses, the shape of a host sweep",
+                ))
+        for row in np.flatnonzero(arp & (packets["arp_op"] == ARP_REPLY)):
+            packet = packets[row]
+            sender = _address(packet["src_addr"], 4)
+            mac = ":".join(f"{b:02x}" for b in bytes(packet["eth_src"]))
+            previous = self.arp_bindings.get(sender)
+            self.arp_bindings[sender] = mac
+            self.arp_bindings.move_to_end(sender)
+            if len(self.arp_bindings) > c.max_keys:
+                self.arp_bindings.popitem(last=False)
+            when = packet["ts_ns"] / 1e9
+            receiver = _address(packet["dst_addr"], 4)
+            asked_at = self.arp_requests.get((receiver, sender))
+            if receiver != sender and (asked_at is None or when - asked_at > c.arp_request_memory_s):
+                self.counters["arp_unsolicited_replies"] += 1
+                entry = self.arp_unsolicited.add((sender, mac), receiver, when, 0)
+                entry["replies"] = entry.get("replies", 0) + 1
+                if not entry["fired"] and entry["replies"] >= c.arp_unsolicited_replies:
+                    entry["fired"] = True
+                    # The claimed address belongs to the victim, not the
+                    # attacker, so the attacker is named by its MAC only.
+                    hits.append(RuleHit(
+                        "arp_spoof", "arp_unsolicited_replies", None, None, None, "arp",
+                        entry["start"], entry["last"], [],
+                        {"claimed_address": sender, "mac": mac, "unsolicited_replies": entry["replies"],
+                         "receivers": len(entry["items"]), "window_s": c.arp_window_s},
+                        f"{mac} sent {entry['replies']} unsolicited ARP replies claiming {sender} "
+                        f"to {len(entry['items'])} hosts",
+                        src_mac=mac,
+                    ))
+            if previous is not None and previous != mac:
+                self.counters["arp_binding_changes"] += 1
+                hits.append(RuleHit(
+                    "arp_spoof", "arp_binding_change", None, None, None, "arp", when, when, [],
+                    {"claimed_address": sender, "previous_mac": previous, "new_mac": mac},
+                    f"ARP replies moved {sender} from {previous} to {mac}",
+                    src_mac=mac,
+                ))
+        return hits
