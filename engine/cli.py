@@ -19,6 +19,19 @@ from engine import __version__
 
 # command name -> (module, attribute of the click.Command in that module)
 COMMANDS = {
+    "analyze": ("engine.analyze.cli", "analyze_command"),
+    "capture-info": ("engine.capture.commands", "capture_info"),
+    "alerts": ("engine.alerts.commands", "alerts"),
+    "assets": ("engine.assets.cli", "assets_command"),
+    "keys": ("engine.alerts.commands", "keys"),
+    "collect": ("engine.alerts.commands", "collect"),
+    "train": ("engine.detect.cli", "train_command"),
+    "logins": ("engine.logins.cli", "logins"),
+    "flows": ("engine.flows.cli", "flows_command"),
+    "simulate": ("engine.simulate.cli", "simulate_command"),
+    "respond": ("engine.respond.cli", "respond"),
+    "predict": ("engine.predict.cli", "predict"),
+    "report": ("engine.report.cli", "report_command"),
 }
 
 

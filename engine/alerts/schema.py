@@ -12,10 +12,18 @@ gap-free sequence per store and can fetch what it missed by seq.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import re
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import msgpack
+
+from engine.taxonomy import severity_rank
 
 SCHEMA_VERSION = 1
 
@@ -74,10 +82,22 @@ class Alert:
     created_at: float = 0.0
     updated_at: float = 0.0
     schema_version: int = SCHEMA_VERSION
+    state: str = "open"  # "open" while an aggregate can still grow, "closed" on its final publication
+    distinct_sources: int = 1  # distinct source addresses folded in (capped, see aggregate.py)
+    distinct_targets: int = 1  # distinct destination addresses folded in (capped, see aggregate.py)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the alert as plain dicts and lists (for msgpack and JSON)."""
-        return dataclasses.asdict(self)
+        # Written out rather than dataclasses.asdict(), whose generic
+        # recursion took about 40% of AlertSink.publish() time in a cProfile
+        # run of bench/alerts.py.
+        values = {name: getattr(self, name) for name in _ALERT_FIELD_NAMES}
+        values["src"] = dict(vars(self.src))
+        values["dst"] = dict(vars(self.dst))
+        values["flow_ids"] = list(self.flow_ids)
+        values["top_features"] = [dict(vars(c)) for c in self.top_features]
+        values["evidence"] = copy.deepcopy(self.evidence) if self.evidence else {}
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Alert:
@@ -90,3 +110,123 @@ class Alert:
             Contribution(**c) for c in values.get("top_features") or []
         ]
         return cls(**values)
+
+    def copy(self) -> Alert:
+        """Return a copy that shares no mutable field with this alert."""
+        # Copies __dict__ directly: dataclasses.replace() re-runs __init__
+        # and was the largest cost of AlertSink.submit() in bench/alerts.py.
+        duplicate = _shallow_copy(self)
+        duplicate.src = _shallow_copy(self.src)
+        duplicate.dst = _shallow_copy(self.dst)
+        duplicate.flow_ids = list(self.flow_ids)
+        duplicate.top_features = [_shallow_copy(c) for c in self.top_features]
+        duplicate.evidence = copy.deepcopy(self.evidence) if self.evidence else {}
+        return duplicate
+
+    @property
+    def topic(self) -> str:
+        """Bus topic of this alert: alert.<severity>.<category>."""
+        return f"{TOPIC_PREFIX}{self.severity}.{self.category}"
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that breaks the schema."""
+        validate_alert(self)
+
+
+# Evidence keys that may hold patient data, credentials or payload bytes. The
+# sink removes them (and any key starting with "sensitive.", and any bytes
+# value) unless the operator sets include_evidence. Producers put such data
+# only under these names.
+SENSITIVE_EVIDENCE_KEYS = frozenset({
+    "payload", "payload_hex", "payload_base64",
+    "hl7_pid", "hl7_segment", "patient_id", "patient_name", "patient_birth_date",
+    "dicom_patient_id", "dicom_patient_name", "dicom_patient_birth_date",
+    "username", "password", "credentials",
+})
+SENSITIVE_EVIDENCE_PREFIX = "sensitive."
+
+_ALERT_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Alert))
+
+
+def _shallow_copy(instance):
+    duplicate = object.__new__(type(instance))
+    duplicate.__dict__.update(instance.__dict__)
+    return duplicate
+
+TOPIC_PREFIX = "alert."
+STATS_TOPIC = "stats"
+STATES = ("open", "closed")
+_CATEGORY_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+_TECHNIQUE_PATTERN = re.compile(r"^T\d{4}(\.\d{3})?$")
+ATTACK_TABLE_PATH = Path(__file__).with_name("attack_techniques.tsv")
+
+
+@dataclass(frozen=True)
+class AttackTechnique:
+    id: str  # technique or sub-technique id, e.g. T1110.001
+    name: str  # ATT&CK name; a sub-technique is "Parent: Sub"
+    tactics: tuple[str, ...]  # kill-chain phase names, e.g. ("credential-access",)
+
+
+def is_well_formed_technique_id(technique: str) -> bool:
+    """Return True for Tnnnn or Tnnnn.nnn, the ATT&CK Enterprise id forms."""
+    return bool(_TECHNIQUE_PATTERN.match(technique))
+
+
+@functools.lru_cache(maxsize=1)
+def attack_techniques() -> dict[str, AttackTechnique]:
+    """Load the shipped ATT&CK table (attack_techniques.tsv), keyed by id."""
+    table: dict[str, AttackTechnique] = {}
+    with open(ATTACK_TABLE_PATH, encoding="utf-8") as handle:
+        lines = [line.rstrip("\n") for line in handle if not line.startswith("#")]
+    header, rows = lines[0], lines[1:]
+    if header.split("\t") != ["id", "name", "tactic"]:
+        raise ValueError(f"{ATTACK_TABLE_PATH}: invalid header {header!r}; expected id, name, tactic")
+    for line in rows:
+        if not line:
+            continue
+        technique_id, name, tactics = line.split("\t")
+        table[technique_id] = AttackTechnique(technique_id, name, tuple(tactics.split(",")))
+    return table
+
+
+def validate_alert(alert: Alert) -> None:
+    """Raise ValueError naming the first field of `alert` that breaks the schema."""
+    severity_rank(alert.severity)
+    if not _CATEGORY_PATTERN.match(alert.category or ""):
+        raise ValueError(
+            f"invalid category {alert.category!r}; expected lower-case letters, digits and '_'"
+        )
+    if alert.kind not in KINDS:
+        raise ValueError(f"invalid kind {alert.kind!r}; expected one of {', '.join(KINDS)}")
+    if alert.state not in STATES:
+        raise ValueError(f"invalid state {alert.state!r}; expected one of {', '.join(STATES)}")
+    if alert.technique is not None:
+        if not is_well_formed_technique_id(alert.technique):
+            raise ValueError(
+                f"invalid technique id {alert.technique!r}; expected Tnnnn or Tnnnn.nnn"
+            )
+        if alert.technique not in attack_techniques():
+            raise ValueError(
+                f"unknown technique id {alert.technique!r}; add it to {ATTACK_TABLE_PATH.name}"
+                " from the MITRE ATT&CK Enterprise data"
+            )
+    if alert.count < 1:
+        raise ValueError(f"invalid count {alert.count}; expected at least 1")
+    if alert.last_seen < alert.first_seen:
+        raise ValueError(
+            f"last_seen {alert.last_seen} is before first_seen {alert.first_seen}"
+        )
+    for endpoint_name, endpoint in (("src", alert.src), ("dst", alert.dst)):
+        if endpoint.port is not None and not 0 <= endpoint.port <= 65535:
+            raise ValueError(f"invalid {endpoint_name}.port {endpoint.port}; expected 0..65535")
+
+
+def pack_alert(alert: Alert) -> bytes:
+    """Serialise an alert to the msgpack body sent on the bus and stored in alert_events."""
+    return msgpack.packb(alert.to_dict(), use_bin_type=True)
+
+
+def unpack_alert(body: bytes) -> Alert:
+    """Parse a msgpack body written by pack_alert."""
+    return Alert.from_dict(msgpack.unpackb(body, raw=False, strict_map_key=False))

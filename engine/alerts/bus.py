@@ -1,0 +1,449 @@
+"""The ZeroMQ alert bus: a PUB socket, a replay socket and a gap-filling subscriber.
+
+Framing: every bus message has two frames, [topic, body]. The topic is
+`alert.<severity>.<category>` for alerts and `stats` for capture
+statistics; the body is msgpack. An alert body is Alert.to_dict() and so
+carries seq and sensor_id. Subscribers filter by topic prefix, so
+`alert.high.` receives high-severity alerts of every category.
+
+Replay protocol (ROUTER socket; a client sends [empty frame, request] from a
+DEALER or just [request] from a REQ socket). Requests and replies are msgpack
+maps:
+  {"op": "hello"}
+      -> {"ok": true, "sensor_id": str, "last_seq": int}
+  {"op": "since", "since": S, "until": U or nil, "limit": N, "topics": [prefix, ...]}
+      -> {"ok": true, "sensor_id": str, "last_seq": int, "covered_to": C,
+          "events": [[seq, topic, body], ...]}
+      Returns publications with S < seq <= min(U, last_seq), oldest first, at
+      most min(N, 1000). covered_to is the highest seq the reply covers,
+      including seqs skipped by the topic filter, so the next page requests
+      since C.
+  anything else
+      -> {"ok": false, "error": "..."}
+
+CURVE: a server given its secret certificate encrypts both sockets. With an
+allowlist directory, only clients whose public certificate is in it can
+connect (ZAP through zmq.auth's ThreadAuthenticator), and others get nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import msgpack
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from engine.alerts.schema import TOPIC_PREFIX
+from engine.alerts.store import MAX_PAGE_SIZE, AlertStore
+
+logger = logging.getLogger(__name__)
+
+# Messages queued per subscriber before PUB drops for that subscriber. The
+# subscriber detects the drop as a seq gap and fills it through replay.
+SEND_HIGH_WATER_MARK = 100_000
+REPLAY_POLL_INTERVAL_MS = 100
+REPLY_TIMEOUT_MS = 5_000
+
+
+def bound_endpoint(socket: zmq.Socket) -> str:
+    """Return the endpoint a socket is bound to, with the real port after binding to port *."""
+    return socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def apply_curve_server(
+    context: zmq.Context, sockets: list[zmq.Socket], secret_file: str, allow_dir: str | None
+) -> ThreadAuthenticator:
+    """Make `sockets` CURVE servers with the key pair in `secret_file`; return the started authenticator."""
+    public_key, secret_key = zmq.auth.load_certificate(secret_file)
+    if secret_key is None:
+        raise ValueError(
+            f"{secret_file} has no secret key; pass the NAME.key_secret file from `wardwatch keys generate`"
+        )
+    authenticator = ThreadAuthenticator(context)
+    authenticator.start()
+    if allow_dir is not None:
+        if not os.path.isdir(allow_dir):
+            authenticator.stop()
+            raise FileNotFoundError(f"CURVE allowlist directory {allow_dir} does not exist")
+        authenticator.configure_curve(domain="*", location=allow_dir)
+    else:
+        authenticator.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+    for socket in sockets:
+        socket.curve_secretkey = secret_key
+        socket.curve_publickey = public_key
+        socket.curve_server = True
+    return authenticator
+
+
+def apply_curve_client(socket: zmq.Socket, client_secret_file: str, server_public_file: str) -> None:
+    """Make `socket` a CURVE client with its own key pair and the server's public key."""
+    client_public, client_secret = zmq.auth.load_certificate(client_secret_file)
+    if client_secret is None:
+        raise ValueError(
+            f"{client_secret_file} has no secret key; pass the client's NAME.key_secret file"
+        )
+    server_public, _ = zmq.auth.load_certificate(server_public_file)
+    socket.curve_secretkey = client_secret
+    socket.curve_publickey = client_public
+    socket.curve_serverkey = server_public
+
+
+@dataclass
+class CurveClientKeys:
+    client_secret_file: str  # the client's NAME.key_secret
+    server_public_file: str  # the server's NAME.key
+
+
+class BusPublisher:
+    """A bound PUB socket; send() is called from one thread only."""
+
+    def __init__(self, context: zmq.Context, endpoint: str):
+        self.socket = context.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.SNDHWM, SEND_HIGH_WATER_MARK)
+        self.socket.setsockopt(zmq.LINGER, 1_000)
+        self.requested_endpoint = endpoint
+
+    def bind(self) -> str:
+        try:
+            self.socket.bind(self.requested_endpoint)
+        except zmq.ZMQError as error:
+            raise OSError(
+                f"cannot bind the alert bus to {self.requested_endpoint}: {error};"
+                " choose another port or endpoint"
+            ) from error
+        self.endpoint = bound_endpoint(self.socket)
+        logger.info("alert bus publishing on %s", self.endpoint)
+        return self.endpoint
+
+    def send(self, topic: str, body: bytes) -> None:
+        self.socket.send_multipart([topic.encode("ascii"), body], copy=False)
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class ReplayServer:
+    """A ROUTER socket serving replay requests from the store, in a thread with its own SQLite connection."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, store_path: str, sensor_id: str):
+        self.socket = context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.requested_endpoint = endpoint
+        self.store_path = store_path
+        self.sensor_id = sensor_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.counters = collections.Counter()
+
+    def bind(self) -> str:
+        try:
+            self.socket.bind(self.requested_endpoint)
+        except zmq.ZMQError as error:
+            raise OSError(
+                f"cannot bind the replay socket to {self.requested_endpoint}: {error};"
+                " choose another port or endpoint"
+            ) from error
+        self.endpoint = bound_endpoint(self.socket)
+        return self.endpoint
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="wardwatch-replay", daemon=True)
+        self._thread.start()
+        logger.info("replay socket serving on %s", self.endpoint)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.socket.close()
+
+    def _serve(self) -> None:
+        # The socket is used only by this thread once serving starts; ZeroMQ
+        # sockets are not thread-safe.
+        store = AlertStore(self.store_path)
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(REPLAY_POLL_INTERVAL_MS):
+                    continue
+                frames = self.socket.recv_multipart()
+                identity, envelope, payload = frames[0], frames[1:-1], frames[-1]
+                reply = self.handle_request(store, payload)
+                self.socket.send_multipart([identity, *envelope, msgpack.packb(reply, use_bin_type=True)])
+        finally:
+            store.close()
+
+    def handle_request(self, store: AlertStore, payload: bytes) -> dict:
+        self.counters["requests"] += 1
+        try:
+            request = msgpack.unpackb(payload, raw=False)
+        except (ValueError, msgpack.ExtraData) as error:
+            return self._reject(f"invalid request: not msgpack ({error})")
+        if not isinstance(request, dict):
+            return self._reject("invalid request: expected a msgpack map")
+        op = request.get("op")
+        last_seq = store.last_seq()
+
+        if op == "hello":
+            return {"ok": True, "sensor_id": self.sensor_id, "last_seq": last_seq}
+        if op != "since":
+            return self._reject(f"invalid op {op!r}; expected 'hello' or 'since'")
+        since, until = request.get("since"), request.get("until")
+        limit = request.get("limit", MAX_PAGE_SIZE)
+        topics = request.get("topics") or []
+        if not isinstance(since, int) or since < 0:
+            return self._reject(f"invalid since {since!r}; expected an integer >= 0")
+        if until is not None and not isinstance(until, int):
+            return self._reject(f"invalid until {until!r}; expected an integer or nil")
+        if not isinstance(limit, int) or limit < 1:
+            return self._reject(f"invalid limit {limit!r}; expected an integer >= 1")
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            return self._reject("invalid topics; expected a list of topic prefixes")
+
+        upper = last_seq if until is None else min(until, last_seq)
+        events = store.events_since(since, upper, limit, tuple(topics))
+        if len(events) >= min(limit, MAX_PAGE_SIZE):
+            covered_to = events[-1].seq
+        else:
+            covered_to = max(since, upper)
+        self.counters["events_sent"] += len(events)
+        return {
+            "ok": True,
+            "sensor_id": self.sensor_id,
+            "last_seq": last_seq,
+            "covered_to": covered_to,
+            "events": [[event.seq, event.topic, event.body] for event in events],
+        }
+
+    def _reject(self, message: str) -> dict:
+        self.counters["rejected"] += 1
+        logger.warning("replay request rejected: %s", message)
+        return {"ok": False, "error": message}
+
+
+class ReplayError(RuntimeError):
+    """A replay request failed or timed out."""
+
+
+class ReplayClient:
+    """A DEALER socket that sends replay requests and waits for replies."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, curve: CurveClientKeys | None = None,
+                 timeout_ms: int = REPLY_TIMEOUT_MS):
+        self.context = context
+        self.endpoint = endpoint
+        self.curve = curve
+        self.timeout_ms = timeout_ms
+        self._connect()
+
+    def _connect(self) -> None:
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            apply_curve_client(self.socket, self.curve.client_secret_file, self.curve.server_public_file)
+        self.socket.connect(self.endpoint)
+
+    def request(self, request: dict) -> dict:
+        self.socket.send_multipart([b"", msgpack.packb(request, use_bin_type=True)])
+        if not self.socket.poll(self.timeout_ms, zmq.POLLIN):
+            # A late reply to this request would be read as the reply to the
+            # next one, so the socket is replaced.
+            self.socket.close()
+            self._connect()
+            raise ReplayError(f"replay request to {self.endpoint} timed out after {self.timeout_ms} ms")
+        frames = self.socket.recv_multipart()
+        reply = msgpack.unpackb(frames[-1], raw=False)
+        if not reply.get("ok"):
+            raise ReplayError(f"replay server at {self.endpoint} rejected the request: {reply.get('error')}")
+        return reply
+
+    def hello(self) -> dict:
+        return self.request({"op": "hello"})
+
+    def fetch(self, since: int, until: int | None, topics: list[str]) -> Iterator[tuple[int, str, bytes]]:
+        """Yield (seq, topic, body) for since < seq <= until, page by page."""
+        while until is None or since < until:
+            reply = self.request(
+                {"op": "since", "since": since, "until": until, "limit": MAX_PAGE_SIZE, "topics": topics}
+            )
+            for seq, topic, body in reply["events"]:
+                yield seq, topic, body
+            covered_to = reply["covered_to"]
+            if covered_to <= since:
+                return
+            since = covered_to
+            if until is None and since >= reply["last_seq"]:
+                return
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+@dataclass
+class Received:
+    seq: int | None
+    sensor_id: str
+    topic: str
+    body: bytes
+    replayed: bool  # True when it came from the replay socket, not the live bus
+
+
+class GapFillingSubscriber:
+    """Subscribe to one or more buses and yield every alert once, in seq order per sensor.
+
+    The subscription is made before the first replay request, so nothing
+    published between the two is missed (the slow-joiner problem of PUB/SUB):
+    whatever the replay covers is dropped when it also arrives live. A live
+    seq beyond last+1 is a gap, filled from the sensor's replay socket before
+    the live message is yielded. While the bus is idle, each replay socket
+    is asked every `idle_check_s` for publications after the last one seen,
+    so losses at the end of a run are found too.
+    """
+
+    def __init__(
+        self,
+        connect: list[str],
+        topics: list[str] | None = None,
+        replay: list[str] | None = None,
+        since: int | None = None,
+        curve: CurveClientKeys | None = None,
+        idle_check_s: float = 1.0,
+        context: zmq.Context | None = None,
+    ):
+        self.context = context or zmq.Context.instance()
+        self.topics = list(topics) if topics else [TOPIC_PREFIX]
+        self.curve = curve
+        self.idle_check_s = idle_check_s
+        self.socket = self.context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.RCVHWM, SEND_HIGH_WATER_MARK)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            apply_curve_client(self.socket, curve.client_secret_file, curve.server_public_file)
+        for topic in self.topics:
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        for endpoint in connect:
+            self.socket.connect(endpoint)
+        self.replay_endpoints = list(replay or [])
+        self._replay_by_sensor: dict[str, ReplayClient] = {}
+        # sensor_id -> highest seq yielded; bounded by the number of sensors.
+        self.last_seq: dict[str, int] = {}
+        self._since = since
+        self.counters = collections.Counter()
+        self._pending: collections.deque[Received] = collections.deque()
+        self._started = False
+
+    def _start(self) -> None:
+        self._started = True
+        for endpoint in self.replay_endpoints:
+            client = ReplayClient(self.context, endpoint, self.curve)
+            try:
+                hello = client.hello()
+            except ReplayError as error:
+                client.close()
+                raise ReplayError(f"replay socket {endpoint} failed: {error}; check --replay and that the sensor runs") from error
+            sensor_id = hello["sensor_id"]
+            self._replay_by_sensor[sensor_id] = client
+            if self._since is not None:
+                self.last_seq[sensor_id] = self._since
+                self._fill(sensor_id, None)
+
+    def _fill(self, sensor_id: str, until: int | None) -> None:
+        """Queue replayed publications of `sensor_id` after its last seq, up to `until`."""
+        client = self._replay_by_sensor.get(sensor_id)
+        since = self.last_seq.get(sensor_id, 0)
+        if client is None:
+            if until is not None and until > since:
+                self.counters["gaps_unfilled"] += until - since
+                logger.warning(
+                    "missed alerts %d..%d from sensor %s and no replay socket is known for it",
+                    since + 1, until, sensor_id,
+                )
+                self.last_seq[sensor_id] = until
+            return
+        for seq, topic, body in client.fetch(since, until, self.topics):
+            self._pending.append(Received(seq, sensor_id, topic, body, replayed=True))
+            self.counters["replayed"] += 1
+            self.last_seq[sensor_id] = seq
+        if until is not None:
+            self.last_seq[sensor_id] = max(self.last_seq.get(sensor_id, 0), until)
+
+    def _accept_live(self, topic: str, body: bytes) -> None:
+        if not topic.startswith(TOPIC_PREFIX):
+            self._pending.append(Received(None, "", topic, body, replayed=False))
+            return
+        try:
+            header = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            seq, sensor_id = header["seq"], str(header.get("sensor_id", ""))
+            if not isinstance(seq, int):
+                raise TypeError(f"seq is {type(seq).__name__}")
+        except (ValueError, KeyError, TypeError, AttributeError, msgpack.ExtraData) as error:
+            self.counters["malformed"] += 1
+            if self.counters["malformed"] <= 10 or self.counters["malformed"] % 1000 == 0:
+                logger.warning("skipped malformed message on topic %s: %s (%d so far)",
+                               topic, error, self.counters["malformed"])
+            return
+        last = self.last_seq.get(sensor_id)
+        if last is not None and seq <= last:
+            self.counters["duplicates_dropped"] += 1
+            return
+        if last is None:
+            # First message from a sensor whose replay socket is unknown, or
+            # no --since was given: start at this message.
+            last = seq - 1
+            self.last_seq[sensor_id] = last
+        if seq > last + 1:
+            self.counters["gaps"] += 1
+            self._fill(sensor_id, seq - 1)
+        self.last_seq[sensor_id] = seq
+        self._pending.append(Received(seq, sensor_id, topic, body, replayed=False))
+
+    def _check_idle(self) -> None:
+        for sensor_id, client in self._replay_by_sensor.items():
+            try:
+                last_seq = client.hello()["last_seq"]
+            except ReplayError as error:
+                logger.warning("replay socket for sensor %s failed: %s", sensor_id, error)
+                continue
+            if last_seq > self.last_seq.get(sensor_id, 0):
+                if sensor_id not in self.last_seq and self._since is None:
+                    continue
+                self._fill(sensor_id, last_seq)
+
+    def receive(self, timeout_s: float | None = None) -> Received | None:
+        """Return the next alert or stats message, or None when `timeout_s` passes with nothing."""
+        if not self._started:
+            self._start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        next_idle_check = time.monotonic() + self.idle_check_s
+        while not self._pending:
+            now = time.monotonic()
+            wait_s = next_idle_check - now
+            if deadline is not None:
+                wait_s = min(wait_s, deadline - now)
+            if self.socket.poll(max(0, int(wait_s * 1000)), zmq.POLLIN):
+                frames = self.socket.recv_multipart()
+                if len(frames) != 2:
+                    self.counters["malformed"] += 1
+                    continue
+                self._accept_live(frames[0].decode("ascii", "replace"), frames[1])
+                continue
+            if time.monotonic() >= next_idle_check:
+                self._check_idle()
+                next_idle_check = time.monotonic() + self.idle_check_s
+            if deadline is not None and time.monotonic() >= deadline and not self._pending:
+                return None
+        return self._pending.popleft()
+
+    def close(self) -> None:
+        for client in self._replay_by_sensor.values():
+            client.close()
+        self.socket.close()

@@ -1,0 +1,320 @@
+"""CLI commands: `alerts list|show|tail`, `keys generate` and `collect`.
+
+Also alert_sink_options and alert_config_from_options, which a producer
+command (analyze) uses to take the same bus, output and privacy options.
+
+Exit codes: 0 success; 1 the command failed (store not found, replay request
+timed out, bind failed); 2 usage error (Click); 3 `alerts show` found no
+such alert.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import sys
+
+import click
+
+from engine.store import default_store_path
+
+EXIT_NOT_FOUND = 3
+
+
+def _store_option(function):
+    return click.option(
+        "--store", "store_path", type=click.Path(dir_okay=False), default=None,
+        help="SQLite store to read (default: $WARDWATCH_STORE or ./wardwatch.db).",
+    )(function)
+
+
+def _curve_client_options(function):
+    function = click.option(
+        "--curve-server-key", type=click.Path(exists=True, dir_okay=False), default=None,
+        help="The server's public certificate (NAME.key) to connect with CURVE.",
+    )(function)
+    return click.option(
+        "--curve-secret", type=click.Path(exists=True, dir_okay=False), default=None,
+        help="This client's secret certificate (NAME.key_secret) for CURVE.",
+    )(function)
+
+
+def _curve_client_keys(curve_secret, curve_server_key):
+    from engine.alerts.bus import CurveClientKeys
+
+    if (curve_secret is None) != (curve_server_key is None):
+        raise click.UsageError("CURVE needs both --curve-secret and --curve-server-key")
+    if curve_secret is None:
+        return None
+    return CurveClientKeys(curve_secret, curve_server_key)
+
+
+def _open_existing_store(store_path):
+    from engine.alerts.store import AlertStore
+
+    path = store_path or default_store_path()
+    if not os.path.isfile(path):
+        raise click.ClickException(f"store {path} not found; pass --store PATH or run `wardwatch analyze` first")
+    return AlertStore(path)
+
+
+def _format_time(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _format_endpoint(endpoint) -> str:
+    address = endpoint.ip or "-"
+    if endpoint.port is None:
+        return address
+    # Brackets keep an IPv6 address apart from its port (RFC 3986 style).
+    if ":" in address:
+        return f"[{address}]:{endpoint.port}"
+    return f"{address}:{endpoint.port}"
+
+
+def format_alert_line(alert) -> str:
+    """Return the one-line text form of an alert used by list and tail."""
+    source = _format_endpoint(alert.src)
+    target = _format_endpoint(alert.dst)
+    if alert.distinct_targets > 1:
+        target += f" (+{alert.distinct_targets - 1} more)"
+    return (
+        f"{alert.seq or 0:>6} {_format_time(alert.last_seen)} {alert.severity:<8} {alert.category:<18}"
+        f" {alert.technique or '-':<10} {source} -> {target} x{alert.count} r{alert.revision}"
+        f" [{alert.state}] {alert.summary}"
+    )
+
+
+def _parse_since_time(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"invalid time {value!r}; expected seconds since the epoch or ISO 8601 such as 2026-01-31T12:00:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+@click.group("alerts")
+def alerts():
+    """Read alerts from the store or follow them on the bus."""
+
+
+@alerts.command("list")
+@_store_option
+@click.option("--since", default=None, help="Only alerts last seen at or after this capture time (epoch seconds or ISO 8601, UTC).")
+@click.option("--severity", type=click.Choice(["info", "low", "medium", "high", "critical"]), default=None,
+              help="Minimum severity.")
+@click.option("--category", default=None, help="Only this category, e.g. scan or bruteforce.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many alerts.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
+def list_alerts(store_path, since, severity, category, limit, as_json):
+    """List current alerts, most recent first."""
+    with _open_existing_store(store_path) as store:
+        for alert in store.list_alerts(_parse_since_time(since), severity, category, limit):
+            click.echo(json.dumps(alert.to_dict()) if as_json else format_alert_line(alert))
+
+
+@alerts.command("show")
+@_store_option
+@click.argument("alert_id_or_seq")
+def show_alert(store_path, alert_id_or_seq):
+    """Print one alert as JSON: by id (latest revision) or by the seq of one publication."""
+    with _open_existing_store(store_path) as store:
+        alert = store.get_alert(alert_id_or_seq)
+    if alert is None:
+        click.echo(f"no alert with id or seq {alert_id_or_seq!r}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    click.echo(json.dumps(alert.to_dict(), indent=2))
+
+
+@alerts.command("tail")
+@click.option("--connect", "connect", multiple=True, required=True, help="Bus endpoint to subscribe to; repeat for several sensors.")
+@click.option("--topic", "topics", multiple=True, help="Topic prefix such as alert.high. or alert.high.scan; repeatable (default: all alerts).")
+@click.option("--since", type=click.IntRange(min=0), default=None, help="Last seq already received; print everything after it (needs --replay).")
+@click.option("--replay", "replay", multiple=True, help="Replay endpoint of a sensor, to fill seq gaps; repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
+@click.option("--max-alerts", type=click.IntRange(min=1), default=None, help="Exit after printing this many alerts.")
+@click.option("--idle-exit-s", type=click.FloatRange(min=0.1), default=None, help="Exit after this many seconds without an alert.")
+@_curve_client_options
+def tail_alerts(connect, topics, since, replay, as_json, max_alerts, idle_exit_s, curve_secret, curve_server_key):
+    """Subscribe to the alert bus and print each alert once, filling gaps from replay."""
+    from engine.alerts.bus import GapFillingSubscriber, ReplayError
+    from engine.alerts.schema import unpack_alert
+
+    if since is not None and not replay:
+        raise click.UsageError("--since needs --replay ENDPOINT to fetch what was missed")
+    subscriber = GapFillingSubscriber(
+        list(connect), topics=list(topics) or None, replay=list(replay), since=since,
+        curve=_curve_client_keys(curve_secret, curve_server_key),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    printed = 0
+    try:
+        while max_alerts is None or printed < max_alerts:
+            received = subscriber.receive(timeout_s=idle_exit_s)
+            if received is None:
+                break
+            if received.seq is None:
+                continue
+            alert = unpack_alert(received.body)
+            click.echo(json.dumps(alert.to_dict()) if as_json else format_alert_line(alert))
+            sys.stdout.flush()
+            printed += 1
+    except ReplayError as error:
+        raise click.ClickException(str(error)) from error
+    except KeyboardInterrupt:
+        pass
+    finally:
+        subscriber.close()
+    if subscriber.counters["gaps_unfilled"]:
+        click.echo(f"warning: {subscriber.counters['gaps_unfilled']} alerts were missed and could not be replayed", err=True)
+
+
+@click.group("keys")
+def keys():
+    """Create CURVE certificates and the pseudonymization key."""
+
+
+@keys.command("generate")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for the key files (created if missing).")
+@click.option("--name", default="server", show_default=True, help="Certificate name: writes NAME.key (public) and NAME.key_secret.")
+@click.option("--pseudonymization-key", is_flag=True, help="Also write pseudonymization.key for --pseudonymize.")
+def generate_keys(out_dir, name, pseudonymization_key):
+    """Write a CURVE key pair in ZeroMQ certificate format (zmq.auth)."""
+    import zmq.auth
+
+    from engine.privacy import KEY_FILE_NAME, generate_key_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    public_path = os.path.join(out_dir, f"{name}.key")
+    secret_path = public_path + "_secret"
+    for path in (public_path, secret_path):
+        if os.path.exists(path):
+            raise click.ClickException(f"{path} already exists; choose another --name or --out")
+    public_file, secret_file = zmq.auth.create_certificates(out_dir, name)
+    os.chmod(secret_file, 0o600)
+    click.echo(f"public certificate: {public_file}")
+    click.echo(f"secret certificate: {secret_file}")
+    if pseudonymization_key:
+        key_path = os.path.join(out_dir, KEY_FILE_NAME)
+        try:
+            generate_key_file(key_path)
+        except FileExistsError:
+            raise click.ClickException(
+                f"{key_path} already exists; keep it, because a new key changes every pseudonym"
+            ) from None
+        click.echo(f"pseudonymization key: {key_path}")
+
+
+@click.command("collect")
+@click.option("--connect", "connect", multiple=True, required=True, help="A sensor's bus endpoint; repeat for each sensor.")
+@click.option("--replay", "replay", multiple=True, help="A sensor's replay endpoint, to fill gaps; repeatable.")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), required=True, help="Merged SQLite store to write.")
+@click.option("--bind", default=None, help="Endpoint on which to re-publish the merged bus, e.g. tcp://127.0.0.1:5566.")
+@click.option("--idle-exit-s", type=click.FloatRange(min=0.1), default=None, help="Exit after this many seconds without a message.")
+@_curve_client_options
+@click.option("--curve-server-secret", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Secret certificate to serve --bind with CURVE.")
+@click.option("--curve-allow", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Directory of client public certificates allowed on --bind.")
+def collect(connect, replay, store_path, bind, idle_exit_s, curve_secret, curve_server_key,
+            curve_server_secret, curve_allow):
+    """Merge several sensors' alert buses into one store (and one bus with --bind)."""
+    from engine.alerts.collector import Collector
+
+    try:
+        collector = Collector(
+            list(connect), store_path, bind=bind, replay=list(replay),
+            curve=_curve_client_keys(curve_secret, curve_server_key),
+            curve_server_secret=curve_server_secret, curve_allow_dir=curve_allow,
+        )
+    except (OSError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    signal.signal(signal.SIGTERM, lambda *_: collector.stop())
+    if collector.endpoint:
+        click.echo(f"re-publishing on {collector.endpoint}", err=True)
+    try:
+        collector.run(idle_timeout_s=idle_exit_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        counters = dict(collector.counters)
+        collector.close()
+    click.echo(f"stored {counters.get('stored', 0)} alerts, {counters.get('replayed', 0)} replayed,"
+               f" {counters.get('gaps_unfilled', 0)} missed", err=True)
+
+
+def alert_sink_options(function):
+    """Add the alert sink's options (bus, replay, CURVE, outputs, privacy) to a producer command."""
+    options = [
+        click.option("--sensor-id", default=None, help="Name of this sensor in every alert (default: host name)."),
+        click.option("--bus", "bus_endpoint", default=None, help="PUB endpoint to bind (default: tcp://127.0.0.1:5556)."),
+        click.option("--replay-bind", "replay_endpoint", default=None, help="Replay endpoint to bind (default: tcp://127.0.0.1:5557)."),
+        click.option("--no-bus", is_flag=True, help="Do not open the bus or the replay socket."),
+        click.option("--curve-server-secret", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Secret certificate (NAME.key_secret) to serve the bus with CURVE."),
+        click.option("--curve-allow", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="Directory of client public certificates allowed to connect."),
+        click.option("--eve", "eve_path", type=click.Path(dir_okay=False), default=None, help="Append EVE/ECS JSON lines to this file."),
+        click.option("--cef", "cef_target", default=None, help="Send CEF over syslog to udp://HOST:PORT or tcp://HOST:PORT."),
+        click.option("--cef-format", type=click.Choice(["rfc5424", "rfc3164"]), default="rfc5424", show_default=True,
+                     help="Syslog header format for --cef."),
+        click.option("--pseudonymize", "pseudonymize_key_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Key file: replace addresses and user names with keyed pseudonyms."),
+        click.option("--include-evidence", is_flag=True, help="Keep payload bytes and patient fields in alert evidence."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+# Parameter names that alert_sink_options adds, so a producer command can
+# separate them from its own options.
+ALERT_SINK_OPTION_NAMES = (
+    "sensor_id", "bus_endpoint", "replay_endpoint", "no_bus", "curve_server_secret", "curve_allow",
+    "eve_path", "cef_target", "cef_format", "pseudonymize_key_file", "include_evidence",
+)
+
+
+def alert_config_from_options(options: dict, base=None):
+    """Build an AlertConfig from the values of alert_sink_options (other keys are ignored)."""
+    import socket
+
+    from engine.alerts.config import AlertConfig
+
+    config = base or AlertConfig()
+    if options.get("sensor_id"):
+        config.sensor_id = options["sensor_id"]
+    elif base is None:
+        config.sensor_id = socket.gethostname() or "sensor"
+    if options.get("bus_endpoint"):
+        config.bus_endpoint = options["bus_endpoint"]
+    if options.get("replay_endpoint"):
+        config.replay_endpoint = options["replay_endpoint"]
+    if options.get("no_bus"):
+        config.bus_endpoint = None
+        config.replay_endpoint = None
+    config.curve_server_secret = options.get("curve_server_secret") or config.curve_server_secret
+    config.curve_allow_dir = options.get("curve_allow") or config.curve_allow_dir
+    config.eve_path = options.get("eve_path") or config.eve_path
+    config.cef_target = options.get("cef_target") or config.cef_target
+    config.cef_format = options.get("cef_format") or config.cef_format
+    config.pseudonymize_key_file = options.get("pseudonymize_key_file") or config.pseudonymize_key_file
+    config.include_evidence = bool(options.get("include_evidence")) or config.include_evidence
+    try:
+        config.validate()
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+    return config
