@@ -1,0 +1,194 @@
+"""`wardwatch flows`: read captures, track flows, write one record per flow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from engine.flows.table import (
+    DEFAULT_ACTIVE_TIMEOUT_S,
+    DEFAULT_CAPACITY,
+    DEFAULT_IDLE_TIMEOUT_S,
+    MAX_CAPACITY,
+)
+
+OUTPUT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+EXIT_CAPTURE_ERROR = 1
+
+
+class FlowWriter:
+    """Writer of flow records to a text stream, as JSON lines or CSV with a header."""
+
+    def __init__(self, stream, output_format: str):
+        self.stream = stream
+        self.output_format = output_format
+        self._csv = None
+        self.count = 0
+
+    def write(self, records: list[dict]) -> None:
+        for record in records:
+            if self.output_format == "jsonl":
+                self.stream.write(json.dumps(record, separators=(",", ":")))
+                self.stream.write("\n")
+            else:
+                row = dict(record)
+                row["vlan_ids"] = ";".join(str(v) for v in row["vlan_ids"])
+                if self._csv is None:
+                    self._csv = csv.DictWriter(self.stream, fieldnames=list(row), lineterminator="\n")
+                    self._csv.writeheader()
+                self._csv.writerow(row)
+            self.count += 1
+
+
+def _output_format(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise click.BadParameter(
+            f"unsupported output suffix {suffix!r} in {path}; use .jsonl or .csv",
+            param_hint="'-o' / '--output'",
+        )
+    return OUTPUT_FORMATS[suffix]
+
+
+@click.command("flows")
+@click.argument("captures", nargs=-1, required=True)
+@click.option(
+    "-o", "--output", metavar="FILE",
+    help="Write flow records to FILE: JSON lines for .jsonl, CSV for .csv. Default: JSON lines on stdout.",
+)
+@click.option(
+    "--idle-timeout", "idle_timeout_s", type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_IDLE_TIMEOUT_S, show_default=True,
+    help="End a flow after this many seconds of capture time without packets.",
+)
+@click.option(
+    "--active-timeout", "active_timeout_s", type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_ACTIVE_TIMEOUT_S, show_default=True,
+    help="End a flow that has lasted this many seconds; later packets start a new flow.",
+)
+@click.option(
+    "--capacity", type=click.IntRange(1, MAX_CAPACITY), default=DEFAULT_CAPACITY, show_default=True,
+    help="Maximum live flows; when full, the least recently seen nearby flow is evicted.",
+)
+@click.option(
+    "--community-id-seed", type=click.IntRange(0, 0xFFFF), default=0, show_default=True,
+    help="Seed of the Community ID hash.",
+)
+def flows_command(captures, output, idle_timeout_s, active_timeout_s, capacity, community_id_seed):
+    """Write one record per bidirectional flow in CAPTURE... (pcap or pcapng; - for stdin).
+
+    The captures are read in the order given as one continuous capture, and
+    every flow still live at the end is written with expiration "flushed".
+    A summary (packets, flows, anomalies by name, throughput) goes to stderr.
+
+    Exit codes: 0 success; 1 a capture could not be read (the flows read
+    before the error are still written); 2 usage error.
+    """
+    # Imported here so `wardwatch --help` does not load the compiled kernels.
+    from engine.capture import CaptureError, open_capture
+    from engine.decode import anomaly_counts, decode_batch, new_anomaly_counters
+    from engine.flows import FlowTable, flows_to_records
+
+    output_format = _output_format(output) if output else "jsonl"
+    table = FlowTable(
+        capacity=capacity,
+        idle_timeout_s=idle_timeout_s,
+        active_timeout_s=active_timeout_s,
+        community_id_seed=community_id_seed,
+    )
+    counters = new_anomaly_counters()
+    capture_stats: dict[str, int] = {}
+    failure = None
+    started = time.perf_counter()
+
+    stream = open(output, "w", newline="") if output else sys.stdout
+    try:
+        writer = FlowWriter(stream, output_format)
+        for capture in captures:
+            try:
+                with open_capture(capture) as reader:
+                    _run_capture(capture, reader, table, counters, writer, decode_batch, flows_to_records)
+                    for name, value in reader.stats.items():
+                        capture_stats[name] = capture_stats.get(name, 0) + value
+            except (CaptureError, OSError) as error:
+                failure = f"cannot read capture {capture}: {error}"
+                break
+        writer.write(flows_to_records(table.flush()))
+    finally:
+        if output:
+            stream.close()
+        else:
+            stream.flush()
+
+    elapsed_s = time.perf_counter() - started
+    _print_summary(table.stats, capture_stats, anomaly_counts(counters), writer.count, elapsed_s)
+    if failure:
+        click.echo(f"error: {failure}", err=True)
+        sys.exit(EXIT_CAPTURE_ERROR)
+
+
+def _run_capture(capture, reader, table, counters, writer, decode_batch, flows_to_records):
+    size = _plain_file_size(capture)
+    show_bar = size is not None and sys.stderr.isatty()
+    bar = click.progressbar(length=size, label=os.path.basename(capture), file=sys.stderr) if show_bar else None
+    done = 0
+    try:
+        for batch in reader:
+            decode_batch(batch.packets, batch.data, counters)
+            writer.write(flows_to_records(table.update(batch.packets, batch.data)))
+            if bar is not None and batch.count:
+                # A plain file is mapped whole, so data_offset is a file offset.
+                last = batch.packets[batch.count - 1]
+                end = int(last["data_offset"]) + int(last["caplen"])
+                bar.update(max(0, end - done))
+                done = max(done, end)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+
+
+def _plain_file_size(capture: str) -> int | None:
+    # Progress is shown for uncompressed regular files only: for a stream or
+    # a compressed file the reader's offsets do not map to the file size.
+    if capture == "-":
+        return None
+    try:
+        with open(capture, "rb") as handle:
+            magic = handle.read(4)
+        size = os.path.getsize(capture)
+    except OSError:
+        return None
+    if magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd":
+        return None
+    return size
+
+
+def _print_summary(flow_stats, capture_stats, anomalies, flows_written, elapsed_s):
+    packets = capture_stats.get("packets", flow_stats["packets"])
+    rate = packets / elapsed_s if elapsed_s > 0 else 0.0
+    lines = [
+        f"packets: {packets}",
+        f"flows: {flows_written}",
+        f"packets without a flow: {flow_stats['packets_without_flow'] + flow_stats['packets_without_ports']}",
+        f"elapsed: {elapsed_s:.3f} s ({rate:,.0f} packets/s)",
+    ]
+    problems = dict(anomalies)
+    for name, count in capture_stats.items():
+        if name not in ("packets", "bytes") and count:
+            problems[name] = count
+    for name in ("flow_table_full", "flows_evicted", "timestamp_backwards",
+                 "fragments_unattributed", "fragment_map_overwrites"):
+        if flow_stats.get(name):
+            problems[name] = flow_stats[name]
+    if problems:
+        lines.append("anomalies:")
+        lines.extend(f"  {name}: {count}" for name, count in sorted(problems.items()))
+    else:
+        lines.append("anomalies: none")
+    click.echo("\n".join(lines), err=True)

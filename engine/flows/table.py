@@ -1,0 +1,132 @@
+"""FlowTable: the Python edge of the compiled bidirectional flow table."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from engine._native.flowtable import FlowTableKernel
+from engine.decode.layout import PACKET_DTYPE
+from engine.flows.layout import FLOW_DTYPE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY = 1 << 20
+DEFAULT_IDLE_TIMEOUT_S = 120.0
+DEFAULT_ACTIVE_TIMEOUT_S = 1800.0
+MAX_CAPACITY = (1 << 31) - 1
+# Repeated overload warnings are logged at most this often (wall clock).
+WARNING_INTERVAL_S = 60.0
+
+
+class FlowTable:
+    """A bounded table of bidirectional flows fed with decoded packet batches.
+
+    `capacity` is the maximum number of live flows. When a new flow arrives
+    in a full table, the least recently seen flow among the new key's index
+    neighbours is exported with expiration reason `evicted`, and the
+    counters `flow_table_full` and `flows_evicted` go up. Timeouts run on
+    capture time (the largest packet timestamp seen), never the wall clock:
+    a flow ends `idle` after `idle_timeout_s` without packets and `active`
+    after lasting `active_timeout_s`. `community_id_seed` is the Community ID
+    seed (0 unless flows must match a sensor configured otherwise).
+
+    A table is not thread-safe: the kernel runs without the GIL, so give
+    each thread (or capture worker) a table of its own.
+    """
+
+    def __init__(
+        self,
+        capacity: int = DEFAULT_CAPACITY,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        active_timeout_s: float = DEFAULT_ACTIVE_TIMEOUT_S,
+        community_id_seed: int = 0,
+    ):
+        if not isinstance(capacity, (int, np.integer)) or not 1 <= capacity <= MAX_CAPACITY:
+            raise ValueError(f"invalid capacity {capacity!r}; expected an integer from 1 to {MAX_CAPACITY}")
+        if not idle_timeout_s > 0:
+            raise ValueError(f"invalid idle_timeout_s {idle_timeout_s!r}; expected seconds > 0")
+        if not active_timeout_s > 0:
+            raise ValueError(f"invalid active_timeout_s {active_timeout_s!r}; expected seconds > 0")
+        if not isinstance(community_id_seed, (int, np.integer)) or not 0 <= community_id_seed <= 0xFFFF:
+            raise ValueError(
+                f"invalid community_id_seed {community_id_seed!r}; expected an integer from 0 to 65535"
+            )
+        self.capacity = int(capacity)
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.active_timeout_s = float(active_timeout_s)
+        self.community_id_seed = int(community_id_seed)
+        self._kernel = FlowTableKernel(
+            self.capacity,
+            int(self.idle_timeout_s * 1e9),
+            int(self.active_timeout_s * 1e9),
+            self.community_id_seed,
+        )
+        self._evictions_logged = 0
+        self._last_warning = 0.0
+
+    def update(self, packets: np.ndarray, data=None) -> np.ndarray:
+        """Assign each packet of a batch to a flow; return the flows that ended.
+
+        Writes `direction`, `flow_slot` and `flow_id` into every packet
+        (packets without an IP layer get flow_id 0). `data` is accepted so the
+        call matches the other stages; the table reads headers only.
+        """
+        _check_packets(packets)
+        ended = self._kernel.update(packets).view(FLOW_DTYPE)
+        self._warn_on_evictions()
+        return ended
+
+    def flush(self) -> np.ndarray:
+        """End every live flow with reason `flushed` and return them (end of input)."""
+        return self._kernel.flush().view(FLOW_DTYPE)
+
+    def active_snapshot(self, min_age_s: float = 0.0) -> np.ndarray:
+        """Return copies of the live flows that began at least `min_age_s` ago.
+
+        The flows stay in the table; the copies have expiration reason `live`
+        and statistics as of the last packet.
+        """
+        if not min_age_s >= 0:
+            raise ValueError(f"invalid min_age_s {min_age_s!r}; expected seconds >= 0")
+        return self._kernel.active_snapshot(int(min_age_s * 1e9)).view(FLOW_DTYPE)
+
+    @property
+    def live_flows(self) -> int:
+        return self._kernel.live_flows
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since the table was created: packets, flows by outcome, overloads."""
+        counters = self._kernel.counters
+        counters["flows_live"] = self._kernel.live_flows
+        return counters
+
+    def _warn_on_evictions(self) -> None:
+        evicted = self._kernel.counters["flows_evicted"]
+        if evicted == self._evictions_logged:
+            return
+        now = time.monotonic()
+        if now - self._last_warning < WARNING_INTERVAL_S:
+            return
+        log.warning(
+            "flow table full (capacity %d flows): %d flows evicted so far; "
+            "raise the capacity or lower idle_timeout_s",
+            self.capacity,
+            evicted,
+        )
+        self._evictions_logged = evicted
+        self._last_warning = now
+
+
+def _check_packets(packets) -> None:
+    if not isinstance(packets, np.ndarray):
+        raise TypeError(f"packets must be a NumPy array of PACKET_DTYPE, not {type(packets).__name__}")
+    if packets.dtype != PACKET_DTYPE:
+        raise TypeError(f"packets have dtype {packets.dtype}; expected PACKET_DTYPE from engine.decode.layout")
+    if packets.ndim != 1:
+        raise ValueError(f"packets must be one-dimensional, not of shape {packets.shape}")
+    if not packets.flags.c_contiguous or not packets.flags.writeable:
+        raise ValueError("packets must be a C-contiguous, writeable array (the table writes flow ids)")
