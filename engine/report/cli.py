@@ -101,7 +101,7 @@ def report_command(store_path, since, until, language, output_format, output):
             import matplotlib  # noqa: F401
         except ImportError as error:
             raise click.ClickException(
-                f"the HTML report needs {error.name}; install it with pip install 'wardwatch[report]'"
+                f"the HTML report needs {error.name}, which is missing; reinstall wardwatch with pip install ."
                 " or use --format json"
             ) from error
         from engine.report.render import render_html
