@@ -14,9 +14,7 @@ clock, with alerts paced 1 ms apart.
 import os
 import sys
 
-# Put the repository root in place of bench/ at the front of the import path:
-# bench/ has modules named like standard ones (inspect.py) that would shadow
-# them.
+# Import this checkout's engine package even where it is not installed.
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402

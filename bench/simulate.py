@@ -16,10 +16,8 @@ from __future__ import annotations
 import os
 import sys
 
-# bench/ contains modules named like standard ones (bench/inspect.py), so the
-# script's own directory must not shadow the standard library.
+# Import this checkout's engine package even where it is not installed.
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != BENCH_DIR]
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
 
 import argparse  # noqa: E402

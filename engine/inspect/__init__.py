@@ -1,0 +1,1 @@
+"""Application-layer inspection: stream capture, protocol detection and parsers."""

@@ -1,0 +1,176 @@
+"""Parsers for SMB negotiation ([MS-SMB], [MS-SMB2]) and the RDP connection request ([MS-RDPBCGR]).
+
+SMB runs over the direct-TCP transport (RFC 1001/1002 session header: one
+zero byte and a 3-byte length) on port 445 or NetBIOS 139.
+"""
+
+from __future__ import annotations
+
+import re
+
+from engine.inspect.wire import MAX_ITEMS, NAME_WIDTH, Malformed, Reader, Truncated, clean_text
+
+SMB1_MAGIC = b"\xffSMB"
+SMB2_MAGIC = b"\xfeSMB"
+SMB2_TRANSFORM_MAGIC = b"\xfdSMB"  # encrypted message
+SMB2_COMPRESSION_MAGIC = b"\xfcSMB"  # compression transform (SMB 3.1.1)
+SMB1_NEGOTIATE = 0x72
+SMB2_NEGOTIATE = 0x0000
+SMB2_DIALECTS = {0x0202: "2.0.2", 0x0210: "2.1", 0x0300: "3.0", 0x0302: "3.0.2", 0x0311: "3.1.1", 0x02FF: "2.x"}
+MAX_SMB_MESSAGES = 32
+
+
+def looks_like_smb(stream: bytes) -> bool:
+    """Return True when a stream starts with a session message holding an SMB header."""
+    return len(stream) >= 8 and stream[0] == 0 and stream[4:8] in (
+        SMB1_MAGIC, SMB2_MAGIC, SMB2_TRANSFORM_MAGIC, SMB2_COMPRESSION_MAGIC
+    )
+
+
+def _dialect_name(code: int) -> str:
+    return SMB2_DIALECTS.get(code, f"0x{code:04x}")
+
+
+def _parse_smb1(message: Reader, is_request: bool, fields: dict) -> None:
+    message.skip(4)
+    command = message.u8()
+    message.skip(27)
+    if command != SMB1_NEGOTIATE:
+        return
+    word_count = message.u8()
+    if is_request:
+        message.skip(2 * word_count)
+        data = message.take(min(message.u16le(), message.remaining))
+        dialects = [clean_text(d.lstrip(b"\x02"), NAME_WIDTH) for d in data.split(b"\x00") if d]
+        fields["smb1_dialects"] = dialects[:MAX_ITEMS]
+    elif word_count >= 1:
+        fields["smb1_dialect_index"] = message.u16le()
+
+
+def _parse_smb2(message: Reader, is_request: bool, fields: dict) -> None:
+    message.skip(4)
+    if message.u16le() != 64:
+        raise Malformed("SMB2 header structure size is not 64")
+    message.skip(6)
+    command = message.u16le()
+    message.skip(50)
+    if command != SMB2_NEGOTIATE:
+        return
+    if is_request:
+        message.skip(2)
+        count = message.u16le()
+        message.skip(32)
+        codes = [message.u16le() for _ in range(min(count, MAX_ITEMS))]
+        fields["client_dialects"] = [_dialect_name(c) for c in codes]
+    else:
+        message.skip(4)
+        fields["dialect"] = _dialect_name(message.u16le())
+
+
+def parse_smb(initiator: bytes, responder: bytes, fields: dict) -> None:
+    """Fill `fields` with SMB versions seen, offered dialects and the chosen one."""
+    fields["smb1"] = False
+    fields["compression_transform"] = False
+    fields["encrypted"] = False
+    truncated = False
+    for is_request, stream in ((True, initiator), (False, responder)):
+        reader = Reader(stream)
+        count = 0
+        try:
+            while reader.remaining and count < MAX_SMB_MESSAGES:
+                count += 1
+                if reader.u8() != 0:
+                    raise Malformed("session message type is not 0 (session message)")
+                length = reader.u24()
+                message = Reader(reader.take(min(length, reader.remaining)))
+                magic = message.buffer[:4]
+                if magic == SMB1_MAGIC:
+                    fields["smb1"] = True
+                    _parse_smb1(message, is_request, fields)
+                elif magic == SMB2_MAGIC:
+                    _parse_smb2(message, is_request, fields)
+                elif magic == SMB2_COMPRESSION_MAGIC:
+                    fields["compression_transform"] = True
+                elif magic == SMB2_TRANSFORM_MAGIC:
+                    fields["encrypted"] = True
+                else:
+                    raise Malformed(f"unknown SMB protocol id {magic!r}")
+                if length > len(message.buffer):
+                    raise Truncated("SMB message cut by the capture")
+        except Truncated:
+            truncated = True
+    if truncated:
+        raise Truncated("SMB message cut by the capture")
+
+
+# --- RDP: X.224 connection request and MCS client data ------------------------
+
+RDP_PROTOCOLS = {0: "rdp", 1: "ssl", 2: "hybrid", 4: "rdstls", 8: "hybrid_ex"}
+X224_CONNECTION_REQUEST = 0xE0
+X224_CONNECTION_CONFIRM = 0xD0
+# TS_UD_HEADER type 0xC001 (CS_CORE), any length, then an RDP version
+# 0x000800nn. Matching the version avoids the same two bytes elsewhere in GCC.
+CS_CORE = re.compile(rb"\x01\xc0..[\x01-\x0f]\x00\x08\x00", re.DOTALL)
+CS_NET = re.compile(rb"\x03\xc0..[\x00-\x1f]\x00\x00\x00", re.DOTALL)
+# Public build numbers of Windows releases, as sent in clientBuild.
+WINDOWS_BUILDS = {2600: "Windows XP", 3790: "Windows Server 2003", 6000: "Windows Vista",
+                  7600: "Windows 7", 7601: "Windows 7 SP1", 9200: "Windows 8", 9600: "Windows 8.1"}
+
+
+def looks_like_rdp(stream: bytes) -> bool:
+    """Return True when a stream starts with a TPKT-framed X.224 connection request."""
+    return len(stream) >= 11 and stream[0] == 3 and stream[1] == 0 and stream[5] == X224_CONNECTION_REQUEST
+
+
+def _protocol_names(mask: int) -> list[str]:
+    if mask == 0:
+        return ["rdp"]
+    return [name for bit, name in RDP_PROTOCOLS.items() if bit and mask & bit]
+
+
+def parse_rdp(initiator: bytes, responder: bytes, fields: dict) -> None:
+    """Fill `fields` with the cookie, requested and selected security protocols and client data."""
+    reader = Reader(initiator)
+    reader.skip(2)
+    tpkt_length = reader.u16()
+    request = Reader(reader.take(min(tpkt_length, len(initiator)) - 4))
+    request.skip(1)
+    if request.u8() != X224_CONNECTION_REQUEST:
+        raise Malformed("X.224 TPDU is not a connection request")
+    request.skip(5)
+
+    rest = request.take(request.remaining)
+    line_end = rest.find(b"\r\n")
+    if rest.startswith(b"Cookie: mstshash="):
+        fields["cookie"] = clean_text(rest[len(b"Cookie: mstshash="): line_end if line_end >= 0 else None], NAME_WIDTH)
+    negotiation = rest[line_end + 2:] if line_end >= 0 else rest
+    if len(negotiation) >= 8 and negotiation[0] == 0x01:
+        fields["requested_protocols"] = _protocol_names(int.from_bytes(negotiation[4:8], "little"))
+    if len(responder) >= 19 and responder[5] == X224_CONNECTION_CONFIRM and responder[11] == 0x02:
+        fields["selected_protocol"] = RDP_PROTOCOLS.get(int.from_bytes(responder[15:19], "little"), "unknown")
+
+    match = CS_CORE.search(initiator)
+    core = match.start() if match else -1
+    if core >= 0 and len(initiator) >= core + 56:
+        # TS_UD_CS_CORE: header 4, version 4, desktop size 4, colour depth and
+        # SAS sequence 4, keyboard layout 4, then clientBuild and clientName.
+        build = int.from_bytes(initiator[core + 20 : core + 24], "little")
+        fields["client_build"] = WINDOWS_BUILDS.get(build, str(build))
+        name = initiator[core + 24 : core + 56].decode("utf-16-le", errors="replace").split("\x00")[0]
+        fields["client_name"] = clean_text(name.encode(), NAME_WIDTH)
+    match = CS_NET.search(initiator, core if core >= 0 else 0)
+    network = match.start() if match else -1
+    if network >= 0 and len(initiator) >= network + 8:
+        count = min(int.from_bytes(initiator[network + 4 : network + 8], "little"), MAX_ITEMS)
+        channels = []
+        for index in range(count):
+            start = network + 8 + 12 * index
+            if start + 8 > len(initiator):
+                break
+            channels.append(clean_text(initiator[start : start + 8].rstrip(b"\x00"), 8))
+        fields["channels"] = channels
+
+    user = fields.get("cookie")
+    fields["_logins"] = [(user, "unknown")] if user else []
+    if tpkt_length > len(initiator):
+        raise Truncated("X.224 connection request cut by the capture")

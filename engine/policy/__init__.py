@@ -1,0 +1,1 @@
+"""Zones, passive vulnerability findings and access policy for clinical assets."""
