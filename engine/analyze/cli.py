@@ -18,6 +18,8 @@ from pathlib import Path
 
 import click
 
+from engine.alerts.commands import alert_sink_options
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_CAPTURE = Path(__file__).resolve().parent.parent / "data" / "sample.pcap"
@@ -53,34 +55,17 @@ def build_options(config: dict, idle_timeout, active_timeout):
     return options
 
 
-def build_alert_config(config: dict, sensor_id, bus, replay, no_bus, eve, cef, pseudonymize, include_evidence):
+def build_alert_config(config: dict, sink_options: dict):
+    from engine.alerts.commands import alert_config_from_options
     from engine.alerts.config import AlertConfig
 
     try:
-        alert_config = AlertConfig.from_mapping(config.get("alerts", {}))
+        base = AlertConfig.from_mapping(config.get("alerts", {}))
     except (TypeError, ValueError) as error:
         raise click.ClickException(f"invalid [alerts] configuration: {error}") from error
-    alert_config.sensor_id = sensor_id or alert_config.sensor_id or socket.gethostname()
-    if no_bus:
-        alert_config.bus_endpoint = None
-        alert_config.replay_endpoint = None
-    if bus:
-        alert_config.bus_endpoint = bus
-    if replay:
-        alert_config.replay_endpoint = replay
-    if eve:
-        alert_config.eve_path = eve
-    if cef:
-        alert_config.cef_target = cef
-    if pseudonymize:
-        alert_config.pseudonymize_key_file = pseudonymize
-    if include_evidence:
-        alert_config.include_evidence = True
-    try:
-        alert_config.validate()
-    except ValueError as error:
-        raise click.ClickException(str(error)) from error
-    return alert_config
+    if not sink_options.get("sensor_id") and base.sensor_id == AlertConfig().sensor_id:
+        sink_options = dict(sink_options, sensor_id=socket.gethostname() or base.sensor_id)
+    return alert_config_from_options(sink_options, base=base)
 
 
 class StatusLine:
@@ -107,14 +92,15 @@ class StatusLine:
 
 
 def format_alert_line(alert) -> str:
-    where = alert.src.ip or "?"
-    if alert.dst.ip:
-        where += f" -> {alert.dst.ip}"
-        if alert.dst.port:
-            where += f":{alert.dst.port}"
-    update = f" (update {alert.revision}, {alert.count} detections)" if alert.revision > 1 else ""
+    """Format one alert for the console: seq, severity, category, technique, hosts and summary."""
     technique = f" {alert.technique}" if alert.technique else ""
-    return f"[{alert.seq}] {alert.severity.upper():8} {alert.category}{technique} {where}: {alert.summary}{update}"
+    hosts = ""
+    if alert.src.ip and alert.src.ip not in alert.summary:
+        hosts = alert.src.ip
+        if alert.dst.ip:
+            hosts += f" -> {alert.dst.ip}" + (f":{alert.dst.port}" if alert.dst.port else "")
+        hosts += ": "
+    return f"[{alert.seq}] {alert.severity.upper():8} {alert.category}{technique}: {hosts}{alert.summary}"
 
 
 @click.command("analyze")
@@ -125,23 +111,23 @@ def format_alert_line(alert) -> str:
               help="Model file to score with [default: the shipped model].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML configuration with [analyze], [rules] and [alerts] sections.")
-@click.option("--sensor-id", help="Name of this sensor in alerts [default: the host name].")
-@click.option("--bus", help="ZeroMQ PUB endpoint to bind [default: tcp://127.0.0.1:5556].")
-@click.option("--replay", help="ZeroMQ replay endpoint to bind [default: tcp://127.0.0.1:5557].")
-@click.option("--no-bus", is_flag=True, help="Do not publish on ZeroMQ (store and outputs only).")
-@click.option("--eve", type=click.Path(dir_okay=False), help="Also write alerts as EVE/ECS JSON lines to this file.")
-@click.option("--cef", help="Also send alerts as CEF over syslog to udp://HOST:PORT or tcp://HOST:PORT.")
-@click.option("--pseudonymize", type=click.Path(exists=True, dir_okay=False),
-              help="Key file: replace addresses and user names in alerts by keyed hashes.")
-@click.option("--include-evidence", is_flag=True,
-              help="Keep payload bytes and patient fields in alert evidence (off by default).")
 @click.option("--batch-size", default=8192, show_default=True, type=click.IntRange(1, 1 << 20),
               help="Packets per batch.")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), help="Flow idle timeout, seconds [default: 120].")
-@click.option("--active-timeout", type=click.FloatRange(min=0, min_open=True), help="Flow active timeout, seconds [default: 1800].")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Flow idle timeout, seconds [default: 120].")
+@click.option("--active-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Flow active timeout, seconds [default: 1800].")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the closing summary, not each alert.")
-def analyze_command(captures, store_path, model_path, config_path, sensor_id, bus, replay, no_bus, eve,
-                    cef, pseudonymize, include_evidence, batch_size, idle_timeout, active_timeout, quiet):
+@click.option("--no-inspect", is_flag=True,
+              help="Skip protocol inspection (assets, findings, access policy, login records).")
+@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False),
+              help="Access-policy TOML file (zones, clinical assets, registered HL7 senders).")
+@click.option("--linger", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to keep the bus and replay socket open after the last capture, "
+                   "so late subscribers can fetch what they missed.")
+@alert_sink_options
+def analyze_command(captures, store_path, model_path, config_path, batch_size, idle_timeout, active_timeout,
+                    quiet, no_inspect, policy_path, linger, **sink_options):
     """Analyse capture files and publish alerts.
 
     Reads each CAPTURE (pcap or pcapng, plain, gzip or zstd; "-" for standard
@@ -164,12 +150,19 @@ def analyze_command(captures, store_path, model_path, config_path, sensor_id, bu
 
     config = load_config(config_path)
     options = build_options(config, idle_timeout, active_timeout)
-    alert_config = build_alert_config(config, sensor_id, bus, replay, no_bus, eve, cef, pseudonymize,
-                                      include_evidence)
+    alert_config = build_alert_config(config, sink_options)
     try:
         model = load_model(model_path)
     except ModelFileError as error:
         raise click.ClickException(str(error)) from error
+    policy = None
+    if policy_path:
+        from engine.policy.config import PolicyError, load_policy
+
+        try:
+            policy = load_policy(policy_path)
+        except PolicyError as error:
+            raise click.ClickException(str(error)) from error
 
     status = StatusLine()
     published = Counter()
@@ -179,12 +172,19 @@ def analyze_command(captures, store_path, model_path, config_path, sensor_id, bu
 
     def record(alerts):
         for alert in alerts:
-            # Count alerts, not publications: an update re-publishes an alert.
-            if alert.revision == 1:
-                published[(alert.severity, alert.category)] += 1
+            # Count and print alerts, not publications: updates of an
+            # aggregated alert go to the store and the bus, and the closing
+            # summary gives the totals.
+            if alert.revision != 1:
+                continue
+            published[(alert.severity, alert.category)] += 1
             if not quiet:
                 status.clear()
                 click.echo(format_alert_line(alert))
+
+    def record_all(sink, alerts):
+        for alert in alerts:
+            record(sink.submit(alert))
 
     def emit(sink, detections):
         for detection in detections:
@@ -197,15 +197,19 @@ def analyze_command(captures, store_path, model_path, config_path, sensor_id, bu
     try:
         if sink.bus_endpoint:
             click.echo(f"Publishing alerts on {sink.bus_endpoint} (replay {sink.replay_endpoint})", err=True)
+        inspection = None if no_inspect else InspectionStage(sink.store_path, policy, alert_config)
         for capture in captures:
             published.clear()
-            pipeline = Pipeline(model, options)
+            inspector = inspection.new_inspector() if inspection else None
+            pipeline = Pipeline(model, options, inspector)
             run = RunStats(sensor_id=alert_config.sensor_id, source=os.path.abspath(capture) if capture != "-" else "-")
             reader_stats = {}
             try:
                 with open_capture(capture, batch_size=batch_size) as reader:
                     for batch in reader:
                         emit(sink, pipeline.process(batch.packets, batch.data))
+                        if inspection is not None:
+                            record_all(sink, inspection.on_results(pipeline.drain_inspections()))
                         if pipeline.last_packet_ns is not None:
                             record(sink.expire(pipeline.last_packet_ns / 1e9))
                         status.update(
@@ -218,6 +222,9 @@ def analyze_command(captures, store_path, model_path, config_path, sensor_id, bu
                 status.clear()
                 click.echo(f"error: {error}", err=True)
             emit(sink, pipeline.finish())
+            if inspection is not None:
+                record_all(sink, inspection.on_results(pipeline.drain_inspections()))
+                record_all(sink, inspection.finish_capture())
             status.clear()
             end_time = pipeline.last_packet_ns / 1e9 if pipeline.last_packet_ns is not None else None
             record(sink.flush(end_time))
@@ -235,14 +242,92 @@ def analyze_command(captures, store_path, model_path, config_path, sensor_id, bu
             run.anomaly_counters = anomalies
             sink.publish_stats(run)
             print_summary(capture, pipeline, anomalies, published)
+        if linger and sink.bus_endpoint:
+            click.echo(f"Serving the bus and replay for {linger:g} s", err=True)
+            time.sleep(linger)
     finally:
         sink.close()
+        if inspection is not None:
+            inspection.close()
 
     elapsed = time.monotonic() - started
     rate = total_packets / elapsed if elapsed > 0 else 0.0
     click.echo(f"{total_packets:,} packets in {elapsed:.2f} s ({rate:,.0f} packets/s)")
     if failures:
         sys.exit(1)
+
+
+class InspectionStage:
+    """Feed protocol inspection results to the inventory, findings, access policy and login analytics."""
+
+    def __init__(self, store_path, policy, alert_config):
+        from engine.assets.inventory import Inventory
+        from engine.policy.access import AccessMonitor
+        from engine.policy.config import Policy
+        from engine.policy.zones import ZoneMap
+        from engine.store import open_store
+
+        self.conn = open_store(store_path)
+        self.store_path = store_path
+        self.alert_config = alert_config
+        self.policy = policy or Policy()
+        self.zones = ZoneMap(self.policy.zones)
+        self.inventory = Inventory(self.conn)
+        self.access = AccessMonitor(self.policy, self.zones, self.conn, roles_of=self.inventory.roles)
+        self.login_records: list = []
+        self.counters = Counter()
+
+    def new_inspector(self):
+        from engine.inspect.inspector import Inspector
+
+        return Inspector()
+
+    def on_results(self, results) -> list:
+        """Update assets and return finding and policy alerts for a list of flow inspections."""
+        if not results:
+            return []
+        from engine.inspect.pipeline import analyse
+
+        output = analyse(results, self.zones, self.access, self.inventory)
+        self.counters["flows_inspected"] += len(output.results)
+        if output.logins:
+            from engine.logins.ingest import ingest_records
+
+            self.login_records += ingest_records(self.conn, output.logins)
+        return output.alerts
+
+    def finish_capture(self) -> list:
+        """Run the login analytics on the login records seen in traffic; return their alerts."""
+        records, self.login_records = self.login_records, []
+        if not records:
+            return []
+        from engine.logins.detect import DetectionConfig
+        from engine.logins.pipeline import Privacy
+        from engine.logins.pipeline import analyse as analyse_logins
+
+        privacy = Privacy.create(self.user_key_file(), show_usernames=False)
+        self.counters["login_records"] += len(records)
+        return analyse_logins(self.conn, records, DetectionConfig(), privacy.builder(self.alert_config.sensor_id))
+
+    def user_key_file(self) -> str:
+        """Return the key that pseudonymises user names: the operator's, or one kept beside the store.
+
+        A key kept with the store makes a user's pseudonym the same in every
+        run against that store, so analysts can follow one account.
+        """
+        if self.alert_config.pseudonymize_key_file:
+            return self.alert_config.pseudonymize_key_file
+        from engine.privacy import generate_key_file
+
+        path = os.path.abspath(self.store_path) + ".userkey"
+        try:
+            generate_key_file(path)
+        except FileExistsError:
+            pass  # the store's key from an earlier run
+        return path
+
+    def close(self):
+        self.conn.close()
 
 
 def print_summary(capture, pipeline, anomalies, published):

@@ -70,13 +70,39 @@ class Detection:
 
 _PROTOCOL_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
 
+# Responder ports where each service-bound attack class can happen. The
+# model learns simulated traffic, where (for example) DICOM theft always
+# runs over DICOM; on other networks a large HTTP download can look like it.
+# A class listed here is reported only for flows to one of its ports;
+# classes not listed (floods, scans, beacons) may use any port.
+# NOTE: services on non-standard ports (HL7 on 6661, DICOM on 4242) are
+# only covered where listed; protocol detection by the inspector would
+# cover the rest.
+CLASS_SERVICE_PORTS = {
+    "ssh_bruteforce": (22,),
+    "rdp_bruteforce": (3389,),
+    "ftp_bruteforce": (21,),
+    "password_spray": (88, 389, 445, 636, 3268),
+    "smb_lateral": (139, 445),
+    "ransomware": (139, 445),
+    "dicom_exfil": (104, 4242, 11112),
+    "hl7_unauthorized": (2575, 6661),
+    "mqtt_wildcard": (1883, 8883),
+    "mqtt_flood": (1883, 8883),
+    "dns_tunnel": (53,),
+}
+
 
 class Pipeline:
     """Decode, track flows, compute features and detect, one batch at a time."""
 
-    def __init__(self, model, options: AnalyzeOptions | None = None):
+    def __init__(self, model, options: AnalyzeOptions | None = None, inspector=None):
         self.options = options or AnalyzeOptions()
         self.model = model
+        # Protocol inspector (engine.inspect.Inspector) or None; its per-flow
+        # results wait in _inspections until the caller drains them.
+        self.inspector = inspector
+        self._inspections: list = []
         self.flow_table = FlowTable(
             capacity=self.options.flow_capacity,
             idle_timeout_s=self.options.idle_timeout_s,
@@ -92,7 +118,17 @@ class Pipeline:
         # Flow ids already reported from an interim snapshot, so the same
         # live flow is not reported again at every snapshot.
         self._interim_reported: collections.OrderedDict = collections.OrderedDict()
+        self.set_model(model)
+
+    def set_model(self, model) -> None:
+        """Score with `model` from the next batch on (None: rules only); flows and windows stay."""
+        self.model = model
         self._class_names = list(model.class_names) if model is not None else []
+        self._class_ports = {
+            self._class_names.index(name): np.array(ports, dtype=np.uint16)
+            for name, ports in CLASS_SERVICE_PORTS.items()
+            if name in self._class_names
+        }
         # Per-class probability thresholds in class order; a class without
         # one (benign) never flags.
         self._class_thresholds = np.array(
@@ -107,6 +143,10 @@ class Pipeline:
         decode_batch(packets, data, self.anomaly_counters)
         ended = self.flow_table.update(packets, data)
         self.windows.update(packets, data)
+        if self.inspector is not None:
+            self._inspections += self.inspector.process(packets, data)
+            if ended.size:
+                self._inspections += self.inspector.end_flows(ended["flow_id"])
         self.counters["packets"] += int(packets.size)
         self.counters["bytes"] += int(packets["wirelen"].sum(dtype=np.uint64))
         timestamps = packets["ts_ns"]
@@ -122,7 +162,17 @@ class Pipeline:
 
     def finish(self) -> list[Detection]:
         """Flush live flows at end of input and score them."""
-        return self.score_flows(self.flow_table.flush())
+        flushed = self.flow_table.flush()
+        if self.inspector is not None:
+            if flushed.size:
+                self._inspections += self.inspector.end_flows(flushed["flow_id"])
+            self._inspections += self.inspector.flush()
+        return self.score_flows(flushed)
+
+    def drain_inspections(self) -> list:
+        """Return the protocol inspection results gathered since the last call."""
+        results, self._inspections = self._inspections, []
+        return results
 
     def score_flows(self, flows: np.ndarray, interim: bool = False) -> list[Detection]:
         """Score ended flows (or snapshots of live ones) with the model and the rules."""
@@ -172,6 +222,7 @@ class Pipeline:
         )
         benign_index = self._class_names.index(BENIGN) if BENIGN in self._class_names else -1
         flagged &= best != benign_index
+        flagged &= self._service_port_allowed(best, flows["dst_port"])
         anomalous &= ~flagged
         detections = []
         rows = np.flatnonzero(flagged | anomalous)
@@ -200,6 +251,15 @@ class Pipeline:
         self.counters["model_detections"] += int(flagged.sum())
         self.counters["anomaly_detections"] += int(anomalous.sum())
         return detections
+
+    def _service_port_allowed(self, best: np.ndarray, dst_ports: np.ndarray) -> np.ndarray:
+        """Return True per row unless the row's class is bound to service ports the flow does not use."""
+        allowed = np.ones(best.size, dtype=bool)
+        for class_index, ports in self._class_ports.items():
+            rows = best == class_index
+            if rows.any():
+                allowed[rows] = np.isin(dst_ports[rows], ports)
+        return allowed
 
     def _anomaly_features(self, row: np.ndarray) -> list[tuple[str, float, float]]:
         # The isolation forest has no per-class contributions; report the

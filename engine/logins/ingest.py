@@ -66,14 +66,19 @@ class IngestResult:
     bytes_read: int = 0
 
 
-def file_identity(path: str) -> tuple[os.stat_result, str] | None:
-    """Return (stat, SHA-256 hex of the first line), or None while the file has no whole first line."""
+def file_identity(path: str, unterminated_ok: bool = False) -> tuple[os.stat_result, str] | None:
+    """Return (stat, SHA-256 hex of the first line), or None while the file has no whole first line.
+
+    With unterminated_ok, a non-empty file without a newline counts as one
+    whole line. A one-line file written in one go has none, for example a
+    JSON array from `ConvertTo-Json -Compress`.
+    """
     with open(path, "rb") as handle:
         stat = os.fstat(handle.fileno())
         head = handle.read(FIRST_LINE_BYTES)
     newline = head.find(b"\n")
     if newline < 0:
-        if len(head) < FIRST_LINE_BYTES:
+        if len(head) < FIRST_LINE_BYTES and not (unterminated_ok and head):
             return None
         newline = len(head)
     return stat, hashlib.sha256(head[:newline]).hexdigest()
@@ -127,7 +132,7 @@ def ingest_file(conn: sqlite3.Connection, path: str, options: IngestOptions) -> 
     """Read what is new in `path` (and in its rotated predecessor) into login_records."""
     path = os.path.abspath(path)
     result = IngestResult(path=path)
-    identity = file_identity(path)
+    identity = file_identity(path, unterminated_ok=options.final)
     checkpoint = storage.load_checkpoint(conn, path)
 
     if checkpoint is not None and (identity is None or
@@ -289,6 +294,7 @@ def _commit_chunk(conn, checkpoint, save_as, result, records, consumed, lines):
 
 def ingest_records(conn: sqlite3.Connection, records: list[LoginRecord]) -> list[LoginRecord]:
     """Store records emitted elsewhere (for example from traffic); return those newly stored."""
+    storage.ensure_schema(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         stored = storage.insert_records(conn, records)

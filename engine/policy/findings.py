@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine.alerts.schema import Alert, Endpoint
 from engine.inspect.records import FlowInspection
-from engine.policy.zones import ZoneMap
+from engine.policy.zones import INTERNET, ZoneMap
 
 VULNERABLE_VERSIONS_PATH = Path(__file__).resolve().parent.parent / "data" / "vulnerable_versions.tsv"
 TLS_1_2 = 0x0303
@@ -198,15 +198,19 @@ def _mqtt_finding(result: FlowInspection) -> Alert | None:
     )
 
 
-def _software_findings(result: FlowInspection) -> list[Alert]:
+def _software_findings(result: FlowInspection, zones: ZoneMap) -> list[Alert]:
     fields = result.fields
     banners = [fields[k] for k in ("server_banner", "banner", "server") if fields.get(k)]
+    # A vulnerable server on the internet is not the hospital's to patch:
+    # report it for context at low severity.
+    outside = zones.zone_of(result.responder_ip) == INTERNET
     alerts = []
     for banner in banners:
         for entry in match_banner(banner):
+            where = " on a server outside the site" if outside else ""
             alert = _alert(
-                result, "vulnerable_software", entry.severity,
-                f"{entry.product} banner matches {entry.cve}: {entry.summary}", "T1190",
+                result, "vulnerable_software", "low" if outside else entry.severity,
+                f"{entry.product} banner{where} matches {entry.cve}: {entry.summary}", "T1190",
                 {"banner": banner, "cve": entry.cve},
                 "Check the installed version and patch it; the banner may hide a backported fix.",
             )
@@ -225,5 +229,5 @@ def findings_for(result: FlowInspection, zones: ZoneMap) -> list[Alert]:
         alert = check(result)
         if alert:
             alerts.append(alert)
-    alerts.extend(_software_findings(result))
+    alerts.extend(_software_findings(result, zones))
     return alerts
