@@ -14,8 +14,10 @@ fixed random seed, so every run measures the same bytes:
 Every tool runs alone on one core in a child process. Rates are packets per
 second of wall-clock time. Peak memory is measured for the WardWatch
 pipeline on the mix capture and on one four times as long with the same
-flows: peak anonymous memory (VmHWM of the heap, not the mapped capture)
-should not grow with capture length.
+flows, sampled after every batch. It is reported in two parts: anonymous
+(RssAnon: heap, packet arrays, flow table) and file-backed (RssFile: the
+mapped capture and shared libraries). Neither should grow with capture
+length.
 
 NFStream is optional: install it with `pip install nfstream` (in this
 environment, or in another one passed as --nfstream-python) or it is skipped
@@ -196,6 +198,7 @@ def run_wardwatch(path: str, mode: str) -> dict:
     if mode in ("read_decode", "read_decode_flows"):
         table = FlowTable() if mode == "read_decode_flows" else None
         peak_anon = 0
+        peak_file = 0
         flows = 0
         start = time.perf_counter()
         with open_capture(path, batch_size=65536) as reader:
@@ -205,11 +208,13 @@ def run_wardwatch(path: str, mode: str) -> dict:
                     flows += len(table.update(batch.packets, batch.data))
                 result["packets"] += batch.count
                 peak_anon = max(peak_anon, proc_status_kib("RssAnon"))
+                peak_file = max(peak_file, proc_status_kib("RssFile"))
         if table is not None:
             flows += len(table.flush())
         result["seconds"] = time.perf_counter() - start
         result["flows"] = flows
         result["peak_anon_kib"] = peak_anon
+        result["peak_file_kib"] = peak_file
         return result
 
     # Kernel-only modes: read every batch first, then time one stage.
@@ -370,7 +375,8 @@ def main() -> None:
         if result:
             print(f"  {label}: {result['packets']:,} packets, {result['flows']:,} flows, "
                   f"peak anonymous {result['peak_anon_kib'] / 1024:,.1f} MiB, "
-                  f"max RSS incl. mapped capture {result['max_rss_kib'] / 1024:,.1f} MiB")
+                  f"peak file-backed {result['peak_file_kib'] / 1024:,.1f} MiB, "
+                  f"max RSS (VmHWM) {result['max_rss_kib'] / 1024:,.1f} MiB")
     if not args.workdir:
         shutil.rmtree(workdir)
 

@@ -11,6 +11,11 @@
 # does not spread a few flows over an index too big for the CPU caches. The slot number is the
 # packets' flow_slot and stays valid while the flow lives.
 #
+# Entries keep only what packets update, split by cache line (flow_entry
+# below); the ww_flow record is built when a flow is exported. update()
+# prefetches the bucket and entry of packets a few places ahead, because
+# with tens of thousands of flows most entries are not in the CPU caches.
+#
 # Bounds. Pool: `capacity` live flows; when it is full, the least recently
 # seen flow among the index neighbours of the new key is exported as
 # `evicted` (counters flow_table_full and flows_evicted). Fragment map:
@@ -23,7 +28,7 @@ cimport numpy as cnp
 import numpy as np
 
 from libc.math cimport sqrt
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcmp, memcpy, memset
 
@@ -57,6 +62,15 @@ from ww_flow cimport (
     ww_flow,
     ww_flow_direction,
 )
+
+cdef extern from *:
+    """
+    /* Prefetch for writing into all cache levels. */
+    static inline void ww_prefetch_write(const void *address) { __builtin_prefetch(address, 1, 3); }
+    static inline int ww_lowest_bit(unsigned int value) { return __builtin_ctz(value); }
+    """
+    void ww_prefetch_write(const void *address) noexcept nogil
+    int ww_lowest_bit(unsigned int value) noexcept nogil
 
 cdef extern from "ww_flow_hash.h" nogil:
     int ww_sha1_short(const uint8_t *message, size_t length, uint8_t *digest)
@@ -106,6 +120,12 @@ cdef enum:
     EVICTION_WINDOW = 32
     EMPTY_BUCKET = 0
     INITIAL_BUCKETS = 4096
+    # update() builds the key of packet i + PREFETCH_DISTANCE and starts
+    # loading its index bucket, then starts loading the flow entry of packet
+    # i + PREFETCH_DISTANCE / 2, so both are in cache when packet i needs
+    # them. PREFETCH_RING is a power of two above the distance.
+    PREFETCH_DISTANCE = 8
+    PREFETCH_RING = 16
 
 # A first fragment older than this (capture time) no longer claims later
 # fragments; 30 s is below the 60 s reassembly timeout Linux uses.
@@ -131,25 +151,76 @@ ctypedef struct flow_key:
     uint8_t pad[7]
 
 
-ctypedef struct direction_state:
-    double ps_m2               # Welford sums of squared deviations
+# Statistics of one direction while its flow lives. The first cache line
+# is written by every packet of the direction, the second by every later
+# one (intervals) and by TCP flags. finish_direction() derives the exported
+# ww_flow_direction from it.
+ctypedef struct direction_stats:
+    uint64_t packets
+    uint64_t bytes             # sum of wire lengths
+    uint64_t payload_bytes
+    int64_t first_seen_ns      # smallest timestamp
+    int64_t last_seen_ns       # largest timestamp, the base of the next interval
+    uint32_t min_ps
+    uint32_t max_ps
+    double mean_ps
+    double ps_m2               # Welford sum of squared deviations of the size
+    double min_piat_ms
+    double max_piat_ms
+    double mean_piat_ms
     double piat_m2
-    int64_t latest_ts_ns       # largest timestamp so far, the base of the next interval
-    uint8_t events             # EVENT_* bits (TCP)
+    uint32_t flag_packets[8]   # packets with TCP flag bit b set: bit 0 FIN ... bit 7 CWR
 
 
-ctypedef struct flow_entry:
-    ww_flow record
-    flow_key key
-    uint64_t hash
-    direction_state state[3]   # src2dst, dst2src, bidirectional
+# The bidirectional state that every packet reads or writes: one cache
+# line. Bidirectional sizes, bytes and flag counts are not kept here but
+# merged from the two directions when the flow is exported.
+ctypedef struct flow_hot:
+    int64_t first_seen_ns      # smallest timestamp: the active timeout runs from it
+    int64_t last_seen_ns       # largest timestamp: the idle timeout runs from it
+    uint64_t packets
+    double min_piat_ms         # inter-arrival times over both directions
+    double max_piat_ms
+    double mean_piat_ms
+    double piat_m2
     uint8_t initiator_is_lo    # the initiator is the key's lo endpoint
-    uint8_t flipped            # a SYN-ACK came first, so the initiator is its receiver
-    uint8_t one_way            # ICMP type without a reply type (Community ID)
     uint8_t fin_directions     # bit d: direction d sent a FIN
     uint8_t last_fin_direction
+    uint8_t events[2]          # EVENT_* bits by direction (TCP)
+    uint8_t history_seen[2]    # HISTORY_* bits by direction
+    uint8_t pad
+
+
+# Fields read only when a flow starts, ends or gets a history letter.
+ctypedef struct flow_cold:
+    uint8_t src_mac[6]         # initiator side, from the first packet
+    uint8_t dst_mac[6]
+    uint32_t fragments
+    char history[16]
     uint8_t history_len
-    uint8_t history_seen[2]
+    uint8_t vlan_depth
+    uint8_t flipped            # a SYN-ACK came first, so the initiator is its receiver
+    uint8_t one_way            # ICMP type without a reply type (Community ID)
+    uint8_t pad[28]            # rounds flow_entry up to a multiple of 64 bytes
+
+
+# One pool slot, 448 bytes on a 64-byte boundary: a lookup reads line 0
+# (key and flow_id), a packet then writes line 1 and the one or two lines
+# of its direction, so a packet touches at most four lines of its flow.
+ctypedef struct flow_entry:
+    flow_key key
+    uint64_t flow_id           # 0 while the slot is free
+    flow_hot hot
+    direction_stats dirs[2]    # src2dst, dst2src
+    flow_cold cold
+
+
+# A flow key built ahead of its packet by prepare_key().
+ctypedef struct pending_key:
+    flow_key key
+    uint64_t hash
+    int src_is_lo              # -1: no key built, process_packet builds it
+    uint8_t one_way
 
 
 ctypedef struct fragment_entry:
@@ -184,7 +255,8 @@ ctypedef struct table_counters:
 
 
 ctypedef struct table_state:
-    flow_entry *pool
+    flow_entry *pool           # 64-byte aligned start inside pool_allocation
+    void *pool_allocation      # what calloc returned, for free()
     uint32_t capacity
     uint32_t *free_slots
     uint32_t free_count
@@ -295,11 +367,18 @@ cdef inline int build_key(const ww_packet *packet, uint16_t src_port, uint16_t d
 
 # ---------------------------------------------------------------- index
 
+cdef inline uint64_t home_bucket(uint64_t hash_or_bucket, uint64_t mask) noexcept nogil:
+    # The home bucket comes from the high 32 bits of the hash, which every
+    # bucket stores as its tag, so deleting and regrowing never reads the
+    # pool. The index has at most 2^32 buckets (capacity < 2^31).
+    return (hash_or_bucket >> 32) & mask
+
+
 cdef inline int64_t index_find(table_state *t, const flow_key *key, uint64_t h,
                                uint64_t *position) noexcept nogil:
     # Return the pool slot of `key`, or -1 with *position at the empty bucket
     # where it would go.
-    cdef uint64_t i = h & t.bucket_mask
+    cdef uint64_t i = home_bucket(h, t.bucket_mask)
     cdef uint64_t bucket
     cdef uint64_t tag = h >> 32
     cdef uint32_t slot
@@ -320,7 +399,7 @@ cdef inline void index_remove(table_state *t, uint32_t slot) noexcept nogil:
     # Delete the bucket of `slot` and shift later members of its cluster
     # back, so lookups never need tombstones.
     cdef uint64_t mask = t.bucket_mask
-    cdef uint64_t i = t.pool[slot].hash & mask
+    cdef uint64_t i = home_bucket(hash_key(&t.pool[slot].key), mask)
     cdef uint64_t j, home, bucket
     while (t.buckets[i] & 0xFFFFFFFFULL) != <uint64_t>slot + 1:
         i = (i + 1) & mask
@@ -330,7 +409,7 @@ cdef inline void index_remove(table_state *t, uint32_t slot) noexcept nogil:
         bucket = t.buckets[j]
         if bucket == EMPTY_BUCKET:
             break
-        home = t.pool[(bucket & 0xFFFFFFFFULL) - 1].hash & mask
+        home = home_bucket(bucket, mask)
         # The entry at j may move to the hole at i unless its home bucket
         # lies cyclically in (i, j].
         if i <= j:
@@ -344,27 +423,147 @@ cdef inline void index_remove(table_state *t, uint32_t slot) noexcept nogil:
     t.buckets[i] = EMPTY_BUCKET
 
 
+cdef inline int key_ports(const ww_packet *packet, uint16_t *src_port, uint16_t *dst_port,
+                          uint8_t *one_way) noexcept nogil:
+    # Set the key ports of a packet that is not a later fragment; return 0
+    # when a TCP, UDP or SCTP packet was cut before its ports.
+    cdef int reply_type
+    src_port[0] = 0
+    dst_port[0] = 0
+    one_way[0] = 0
+    if has_ports(packet.ip_proto):
+        if packet.l4_offset == 0 and (packet.status == WW_STATUS_TRUNCATED
+                                      or packet.status == WW_STATUS_MALFORMED):
+            return 0
+        src_port[0] = packet.src_port
+        dst_port[0] = packet.dst_port
+    elif packet.ip_proto == IPPROTO_ICMP or packet.ip_proto == IPPROTO_ICMPV6:
+        # NOTE: ICMP errors (unreachable, time exceeded) form flows of their
+        # own and are not attributed to the flow of the packet they quote.
+        src_port[0] = packet.icmp_type
+        reply_type = icmp_reply_type(packet.ip_proto, packet.icmp_type)
+        if reply_type >= 0:
+            dst_port[0] = <uint16_t>reply_type
+        else:
+            dst_port[0] = packet.icmp_code
+            one_way[0] = 1
+    return 1
+
+
+cdef inline void prepare_key(table_state *t, pending_key *pending,
+                             const ww_packet *packet) noexcept nogil:
+    # Build the key of a packet that update() reaches PREFETCH_DISTANCE
+    # packets later, and start loading its home bucket. A later fragment
+    # (its flow comes from the fragment map) or a packet without a flow is
+    # left to process_packet.
+    cdef uint16_t src_port, dst_port
+    pending.src_is_lo = -1
+    if packet.ip_version != 4 and packet.ip_version != 6:
+        return
+    if (packet.frag_flags & WW_FRAG_IS_FRAGMENT) and packet.frag_offset > 0:
+        return
+    if not key_ports(packet, &src_port, &dst_port, &pending.one_way):
+        return
+    pending.src_is_lo = build_key(packet, src_port, dst_port, &pending.key)
+    pending.hash = hash_key(&pending.key)
+    ww_prefetch_write(&t.buckets[home_bucket(pending.hash, t.bucket_mask)])
+
+
+cdef inline void prefetch_entry(const table_state *t, const pending_key *pending) noexcept nogil:
+    # Start loading the lines a packet of a known flow writes. Only the home
+    # bucket is checked, so a flow further down its cluster is not
+    # prefetched; the table may also change before the packet comes, which
+    # costs a wasted load and nothing else.
+    cdef uint64_t bucket
+    cdef const flow_entry *e
+    if pending.src_is_lo < 0:
+        return
+    bucket = t.buckets[home_bucket(pending.hash, t.bucket_mask)]
+    if bucket == EMPTY_BUCKET or (bucket >> 32) != (pending.hash >> 32):
+        return
+    e = &t.pool[(bucket & 0xFFFFFFFFULL) - 1]
+    ww_prefetch_write(e)
+    ww_prefetch_write(&e.hot)
+    ww_prefetch_write(&e.dirs[0])
+    ww_prefetch_write(&e.dirs[1])
+
+
 # ---------------------------------------------------------------- records
 
-cdef inline void finish_direction(ww_flow_direction *d, const direction_state *s) noexcept nogil:
-    d.duration_ms = (d.last_seen_ns - d.first_seen_ns) / 1e6
-    if d.packets > 1:
-        d.stddev_ps = sqrt(s.ps_m2 / (d.packets - 1))
+cdef inline void copy_flag_counts(ww_flow_direction *out, const uint32_t *counts) noexcept nogil:
+    out.fin_packets = counts[0]
+    out.syn_packets = counts[1]
+    out.rst_packets = counts[2]
+    out.psh_packets = counts[3]
+    out.ack_packets = counts[4]
+    out.urg_packets = counts[5]
+    out.ece_packets = counts[6]
+    out.cwr_packets = counts[7]
+
+
+cdef void finish_direction(ww_flow_direction *out, const direction_stats *s) noexcept nogil:
+    out.first_seen_ns = s.first_seen_ns
+    out.last_seen_ns = s.last_seen_ns
+    out.duration_ms = (s.last_seen_ns - s.first_seen_ns) / 1e6
+    out.packets = s.packets
+    out.bytes = s.bytes
+    out.payload_bytes = s.payload_bytes
+    out.min_ps = s.min_ps
+    out.max_ps = s.max_ps
+    out.mean_ps = s.mean_ps
+    out.stddev_ps = sqrt(s.ps_m2 / (s.packets - 1)) if s.packets > 1 else 0.0
+    out.min_piat_ms = s.min_piat_ms
+    out.max_piat_ms = s.max_piat_ms
+    out.mean_piat_ms = s.mean_piat_ms
+    out.stddev_piat_ms = sqrt(s.piat_m2 / (s.packets - 2)) if s.packets > 2 else 0.0
+    copy_flag_counts(out, s.flag_packets)
+
+
+cdef void finish_bidirectional(ww_flow_direction *out, const flow_hot *h,
+                               const direction_stats *a, const direction_stats *b) noexcept nogil:
+    # Sizes and flags merge the two directions; the size mean and variance
+    # combine with the pairwise formula of Chan, Golub and LeVeque (1979),
+    # which equals the sequential Welford result up to rounding.
+    cdef uint32_t counts[8]
+    cdef double n, delta, m2
+    cdef int k
+    cdef const direction_stats *only
+    out.first_seen_ns = h.first_seen_ns
+    out.last_seen_ns = h.last_seen_ns
+    out.duration_ms = (h.last_seen_ns - h.first_seen_ns) / 1e6
+    out.packets = a.packets + b.packets
+    out.bytes = a.bytes + b.bytes
+    out.payload_bytes = a.payload_bytes + b.payload_bytes
+    if a.packets == 0 or b.packets == 0:
+        only = b if a.packets == 0 else a
+        out.min_ps = only.min_ps
+        out.max_ps = only.max_ps
+        out.mean_ps = only.mean_ps
+        m2 = only.ps_m2
     else:
-        d.stddev_ps = 0.0
-    if d.packets > 2:
-        d.stddev_piat_ms = sqrt(s.piat_m2 / (d.packets - 2))
-    else:
-        d.stddev_piat_ms = 0.0
+        out.min_ps = a.min_ps if a.min_ps < b.min_ps else b.min_ps
+        out.max_ps = a.max_ps if a.max_ps > b.max_ps else b.max_ps
+        n = <double>(a.packets + b.packets)
+        delta = b.mean_ps - a.mean_ps
+        out.mean_ps = a.mean_ps + delta * (<double>b.packets / n)
+        m2 = a.ps_m2 + b.ps_m2 + delta * delta * (<double>a.packets * <double>b.packets / n)
+    out.stddev_ps = sqrt(m2 / (out.packets - 1)) if out.packets > 1 else 0.0
+    out.min_piat_ms = h.min_piat_ms
+    out.max_piat_ms = h.max_piat_ms
+    out.mean_piat_ms = h.mean_piat_ms
+    out.stddev_piat_ms = sqrt(h.piat_m2 / (h.packets - 2)) if h.packets > 2 else 0.0
+    for k in range(8):
+        counts[k] = a.flag_packets[k] + b.flag_packets[k]
+    copy_flag_counts(out, counts)
 
 
 cdef uint8_t conn_state_of(const flow_entry *e) noexcept nogil:
     # Zeek-like conn_state from the TCP events of each side; docs/flows.md
     # lists the rules in this order.
-    cdef uint8_t orig = e.state[0].events
-    cdef uint8_t resp = e.state[1].events
-    cdef uint64_t resp_packets = e.record.dst2src.packets
-    if e.record.ip_proto != IPPROTO_TCP:
+    cdef uint8_t orig = e.hot.events[0]
+    cdef uint8_t resp = e.hot.events[1]
+    cdef uint64_t resp_packets = e.dirs[1].packets
+    if e.key.ip_proto != IPPROTO_TCP:
         return WW_CONN_SF if resp_packets > 0 else WW_CONN_S0
     if resp & EVENT_RST:
         if (orig & EVENT_SYN) and not (resp & EVENT_SYNACK):
@@ -459,18 +658,40 @@ cdef int export_entry(table_state *t, flow_entry *e, uint8_t reason) noexcept no
 
 cdef void finish_record(const flow_entry *e, ww_flow *out, uint8_t reason,
                         uint16_t seed) noexcept nogil:
-    memcpy(out, &e.record, sizeof(ww_flow))
+    cdef const flow_key *key = &e.key
+    memset(out, 0, sizeof(ww_flow))
+    out.flow_id = e.flow_id
+    if e.hot.initiator_is_lo:
+        memcpy(out.src_addr, key.addr_lo, 16)
+        memcpy(out.dst_addr, key.addr_hi, 16)
+        out.src_port = key.port_lo
+        out.dst_port = key.port_hi
+    else:
+        memcpy(out.src_addr, key.addr_hi, 16)
+        memcpy(out.dst_addr, key.addr_lo, 16)
+        out.src_port = key.port_hi
+        out.dst_port = key.port_lo
+    memcpy(out.vlan_ids, key.vlan_ids, sizeof(key.vlan_ids))
+    out.vlan_depth = e.cold.vlan_depth
+    out.ip_version = key.ip_version
+    out.ip_proto = key.ip_proto
+    out.tunnel_type = key.tunnel_type
+    out.tunnel_id = key.tunnel_id
+    memcpy(out.src_mac, e.cold.src_mac, 6)
+    memcpy(out.dst_mac, e.cold.dst_mac, 6)
+    out.fragments = e.cold.fragments
+    memcpy(out.history, e.cold.history, 16)
     out.expiration_id = reason
-    finish_direction(&out.src2dst, &e.state[0])
-    finish_direction(&out.dst2src, &e.state[1])
-    finish_direction(&out.bidirectional, &e.state[2])
+    finish_direction(&out.src2dst, &e.dirs[0])
+    finish_direction(&out.dst2src, &e.dirs[1])
+    finish_bidirectional(&out.bidirectional, &e.hot, &e.dirs[0], &e.dirs[1])
     out.conn_state = conn_state_of(e)
-    write_community_id(out, e.one_way, seed)
+    write_community_id(out, e.cold.one_way, seed)
 
 
 cdef inline void release_slot(table_state *t, uint32_t slot) noexcept nogil:
     index_remove(t, slot)
-    t.pool[slot].record.flow_id = 0
+    t.pool[slot].flow_id = 0
     t.free_slots[t.free_count] = slot
     t.free_count += 1
     t.live_flows -= 1
@@ -480,179 +701,177 @@ cdef inline void release_slot(table_state *t, uint32_t slot) noexcept nogil:
 
 cdef void start_flow(table_state *t, flow_entry *e, const ww_packet *packet, int sender_is_lo,
                      int sender_is_initiator, uint8_t flipped) noexcept nogil:
-    # Reset e (its key and hash already set) for a new flow whose initiator
-    # is the packet's sender when sender_is_initiator.
+    # Reset e (its key and cold.one_way already set) for a new flow whose
+    # initiator is the packet's sender when sender_is_initiator.
     cdef flow_key key = e.key
-    cdef uint64_t h = e.hash
-    cdef uint8_t one_way = e.one_way
+    cdef uint8_t one_way = e.cold.one_way
     memset(e, 0, sizeof(flow_entry))
     e.key = key
-    e.hash = h
-    e.one_way = one_way
-    e.flipped = flipped
-    e.initiator_is_lo = sender_is_lo if sender_is_initiator else not sender_is_lo
+    e.cold.one_way = one_way
+    e.cold.flipped = flipped
+    e.hot.initiator_is_lo = sender_is_lo if sender_is_initiator else not sender_is_lo
     t.next_flow_id += 1
-    e.record.flow_id = t.next_flow_id
-    if e.initiator_is_lo:
-        memcpy(e.record.src_addr, key.addr_lo, 16)
-        memcpy(e.record.dst_addr, key.addr_hi, 16)
-        e.record.src_port = key.port_lo
-        e.record.dst_port = key.port_hi
-    else:
-        memcpy(e.record.src_addr, key.addr_hi, 16)
-        memcpy(e.record.dst_addr, key.addr_lo, 16)
-        e.record.src_port = key.port_hi
-        e.record.dst_port = key.port_lo
-    memcpy(e.record.vlan_ids, key.vlan_ids, sizeof(key.vlan_ids))
-    e.record.vlan_depth = packet.vlan_depth if packet.vlan_depth < 3 else 3
-    e.record.ip_version = key.ip_version
-    e.record.ip_proto = key.ip_proto
-    e.record.tunnel_type = key.tunnel_type
-    e.record.tunnel_id = key.tunnel_id
+    e.flow_id = t.next_flow_id
+    e.cold.vlan_depth = packet.vlan_depth if packet.vlan_depth < 3 else 3
     if sender_is_initiator:
-        memcpy(e.record.src_mac, packet.eth_src, 6)
-        memcpy(e.record.dst_mac, packet.eth_dst, 6)
+        memcpy(e.cold.src_mac, packet.eth_src, 6)
+        memcpy(e.cold.dst_mac, packet.eth_dst, 6)
     else:
-        memcpy(e.record.src_mac, packet.eth_dst, 6)
-        memcpy(e.record.dst_mac, packet.eth_src, 6)
+        memcpy(e.cold.src_mac, packet.eth_dst, 6)
+        memcpy(e.cold.dst_mac, packet.eth_src, 6)
     if flipped:
-        e.record.history[0] = b'^'
-        e.history_len = 1
+        e.cold.history[0] = b'^'
+        e.cold.history_len = 1
     t.counters.flows_created += 1
 
 
 cdef inline void add_history(flow_entry *e, int direction, int letter) noexcept nogil:
     cdef char *letters = b"SHADFR" if direction == 0 else b"shadfr"
-    if e.history_seen[direction] & (1 << letter):
+    if e.hot.history_seen[direction] & (1 << letter):
         return
-    e.history_seen[direction] |= 1 << letter
-    if e.history_len < 15:
-        e.record.history[e.history_len] = letters[letter]
-        e.history_len += 1
+    e.hot.history_seen[direction] |= 1 << letter
+    if e.cold.history_len < 15:
+        e.cold.history[e.cold.history_len] = letters[letter]
+        e.cold.history_len += 1
 
 
-cdef inline void count_flags(ww_flow_direction *d, uint8_t flags) noexcept nogil:
-    d.syn_packets += (flags & TCP_SYN) != 0
-    d.cwr_packets += (flags & TCP_CWR) != 0
-    d.ece_packets += (flags & TCP_ECE) != 0
-    d.urg_packets += (flags & TCP_URG) != 0
-    d.ack_packets += (flags & TCP_ACK) != 0
-    d.psh_packets += (flags & TCP_PSH) != 0
-    d.rst_packets += (flags & TCP_RST) != 0
-    d.fin_packets += (flags & TCP_FIN) != 0
+cdef inline void count_flags(uint32_t *counts, uint8_t flags) noexcept nogil:
+    # One step per set flag; most segments carry one or two.
+    cdef unsigned int remaining = flags
+    while remaining:
+        counts[ww_lowest_bit(remaining)] += 1
+        remaining &= remaining - 1
 
 
-cdef inline void add_to_direction(ww_flow_direction *d, direction_state *s, int64_t ts_ns,
-                                  uint32_t size, uint32_t payload) noexcept nogil:
+cdef inline void add_interval(double *min_ms, double *max_ms, double *mean_ms, double *m2,
+                              uint64_t intervals, double piat_ms) noexcept nogil:
+    # Welford update with the interval count after this interval.
+    cdef double previous_mean
+    if intervals == 1:
+        min_ms[0] = piat_ms
+        max_ms[0] = piat_ms
+        mean_ms[0] = piat_ms
+        return
+    if piat_ms < min_ms[0]:
+        min_ms[0] = piat_ms
+    if piat_ms > max_ms[0]:
+        max_ms[0] = piat_ms
+    previous_mean = mean_ms[0]
+    mean_ms[0] += (piat_ms - previous_mean) / intervals
+    m2[0] += (piat_ms - previous_mean) * (piat_ms - mean_ms[0])
+
+
+cdef inline void add_to_direction(direction_stats *d, int64_t ts_ns, uint32_t size,
+                                  uint32_t payload) noexcept nogil:
     cdef double x = size
     cdef double previous_mean, piat_ms
-    cdef uint64_t intervals
     if d.packets == 0:
         d.first_seen_ns = ts_ns
         d.last_seen_ns = ts_ns
         d.min_ps = size
         d.max_ps = size
         d.mean_ps = x
-        s.latest_ts_ns = ts_ns
     else:
         # Intervals are measured from the latest timestamp so far, so a
         # packet stamped earlier than its predecessor adds an interval of 0.
-        piat_ms = (ts_ns - s.latest_ts_ns) * 1e-6 if ts_ns > s.latest_ts_ns else 0.0
-        intervals = d.packets
-        if intervals == 1:
-            d.min_piat_ms = piat_ms
-            d.max_piat_ms = piat_ms
-            d.mean_piat_ms = piat_ms
-        else:
-            if piat_ms < d.min_piat_ms:
-                d.min_piat_ms = piat_ms
-            if piat_ms > d.max_piat_ms:
-                d.max_piat_ms = piat_ms
-            previous_mean = d.mean_piat_ms
-            d.mean_piat_ms += (piat_ms - previous_mean) / intervals
-            s.piat_m2 += (piat_ms - previous_mean) * (piat_ms - d.mean_piat_ms)
-        if ts_ns > s.latest_ts_ns:
-            s.latest_ts_ns = ts_ns
-        if ts_ns < d.first_seen_ns:
-            d.first_seen_ns = ts_ns
+        piat_ms = (ts_ns - d.last_seen_ns) * 1e-6 if ts_ns > d.last_seen_ns else 0.0
+        add_interval(&d.min_piat_ms, &d.max_piat_ms, &d.mean_piat_ms, &d.piat_m2,
+                     d.packets, piat_ms)
         if ts_ns > d.last_seen_ns:
             d.last_seen_ns = ts_ns
+        if ts_ns < d.first_seen_ns:
+            d.first_seen_ns = ts_ns
         if size < d.min_ps:
             d.min_ps = size
         if size > d.max_ps:
             d.max_ps = size
         previous_mean = d.mean_ps
         d.mean_ps += (x - previous_mean) / (d.packets + 1)
-        s.ps_m2 += (x - previous_mean) * (x - d.mean_ps)
+        d.ps_m2 += (x - previous_mean) * (x - d.mean_ps)
     d.packets += 1
     d.bytes += size
     d.payload_bytes += payload
 
 
+cdef inline void add_to_bidirectional(flow_hot *h, int64_t ts_ns) noexcept nogil:
+    cdef double piat_ms
+    if h.packets == 0:
+        h.first_seen_ns = ts_ns
+        h.last_seen_ns = ts_ns
+    else:
+        piat_ms = (ts_ns - h.last_seen_ns) * 1e-6 if ts_ns > h.last_seen_ns else 0.0
+        add_interval(&h.min_piat_ms, &h.max_piat_ms, &h.mean_piat_ms, &h.piat_m2,
+                     h.packets, piat_ms)
+        if ts_ns > h.last_seen_ns:
+            h.last_seen_ns = ts_ns
+        if ts_ns < h.first_seen_ns:
+            h.first_seen_ns = ts_ns
+    h.packets += 1
+
+
 cdef int add_packet(flow_entry *e, const ww_packet *packet, int direction,
                     int is_tcp) noexcept nogil:
     # Add the packet to e's statistics; return 1 if it ends a TCP flow.
-    cdef ww_flow_direction *d = &e.record.src2dst if direction == 0 else &e.record.dst2src
+    cdef direction_stats *d = &e.dirs[direction]
     cdef uint8_t flags = packet.tcp_flags
     cdef uint32_t payload = packet.payload_wire_len
-    add_to_direction(d, &e.state[direction], packet.ts_ns, packet.wirelen, payload)
-    add_to_direction(&e.record.bidirectional, &e.state[2], packet.ts_ns, packet.wirelen, payload)
+    add_to_direction(d, packet.ts_ns, packet.wirelen, payload)
+    add_to_bidirectional(&e.hot, packet.ts_ns)
     if not is_tcp:
         if payload > 0:
             add_history(e, direction, HISTORY_DATA)
         return 0
 
-    count_flags(d, flags)
-    count_flags(&e.record.bidirectional, flags)
+    count_flags(d.flag_packets, flags)
     if flags & TCP_SYN:
         if flags & TCP_ACK:
-            e.state[direction].events |= EVENT_SYNACK
+            e.hot.events[direction] |= EVENT_SYNACK
             add_history(e, direction, HISTORY_SYNACK)
         else:
-            e.state[direction].events |= EVENT_SYN
+            e.hot.events[direction] |= EVENT_SYN
             add_history(e, direction, HISTORY_SYN)
     if payload > 0:
         add_history(e, direction, HISTORY_DATA)
     elif (flags & TCP_ACK) and not (flags & (TCP_SYN | TCP_FIN | TCP_RST)):
         add_history(e, direction, HISTORY_ACK)
     if flags & TCP_FIN:
-        e.state[direction].events |= EVENT_FIN
+        e.hot.events[direction] |= EVENT_FIN
         add_history(e, direction, HISTORY_FIN)
     if flags & TCP_RST:
-        e.state[direction].events |= EVENT_RST
+        e.hot.events[direction] |= EVENT_RST
         add_history(e, direction, HISTORY_RST)
         return 1
 
     # FIN from both sides ends the flow once the side that sent the first
     # FIN acknowledges the second one.
     if flags & TCP_FIN:
-        if not (e.fin_directions & (1 << direction)):
-            e.fin_directions |= 1 << direction
-            e.last_fin_direction = direction
+        if not (e.hot.fin_directions & (1 << direction)):
+            e.hot.fin_directions |= 1 << direction
+            e.hot.last_fin_direction = direction
         return 0
-    if e.fin_directions == 3 and (flags & TCP_ACK) and direction != e.last_fin_direction:
+    if e.hot.fin_directions == 3 and (flags & TCP_ACK) and direction != e.hot.last_fin_direction:
         return 1
     return 0
 
 
 cdef int grow_index(table_state *t) noexcept nogil:
-    # Double the index and reinsert every live flow; 0 on success.
+    # Double the index and reinsert every bucket at its home in the new
+    # size; the tags carry the hash bits, so no pool entry is read.
     cdef uint64_t count = (t.bucket_mask + 1) * 2
     cdef uint64_t mask = count - 1
     cdef uint64_t *grown = <uint64_t *>calloc(count, sizeof(uint64_t))
-    cdef uint64_t i, h
-    cdef uint32_t slot
+    cdef uint64_t i, j, bucket
     if grown == NULL:
         t.counters.index_grow_failed += 1
         return -1
-    for slot in range(t.high_water):
-        if t.pool[slot].record.flow_id == 0:
+    for j in range(t.bucket_mask + 1):
+        bucket = t.buckets[j]
+        if bucket == EMPTY_BUCKET:
             continue
-        h = t.pool[slot].hash
-        i = h & mask
+        i = home_bucket(bucket, mask)
         while grown[i] != EMPTY_BUCKET:
             i = (i + 1) & mask
-        grown[i] = ((h >> 32) << 32) | (<uint64_t>slot + 1)
+        grown[i] = bucket
     free(t.buckets)
     t.buckets = grown
     t.bucket_mask = mask
@@ -662,7 +881,7 @@ cdef int grow_index(table_state *t) noexcept nogil:
 cdef int64_t evict_one(table_state *t, uint64_t h) noexcept nogil:
     # Export and free the least recently seen flow among the index buckets
     # from h's home bucket on; return the freed slot.
-    cdef uint64_t i = h & t.bucket_mask
+    cdef uint64_t i = home_bucket(h, t.bucket_mask)
     cdef uint64_t bucket
     cdef int k
     cdef int64_t victim = -1
@@ -672,15 +891,15 @@ cdef int64_t evict_one(table_state *t, uint64_t h) noexcept nogil:
         bucket = t.buckets[(i + k) & t.bucket_mask]
         if bucket != EMPTY_BUCKET:
             slot = <uint32_t>(bucket & 0xFFFFFFFFULL) - 1
-            if victim < 0 or t.pool[slot].record.bidirectional.last_seen_ns < oldest:
+            if victim < 0 or t.pool[slot].hot.last_seen_ns < oldest:
                 victim = slot
-                oldest = t.pool[slot].record.bidirectional.last_seen_ns
+                oldest = t.pool[slot].hot.last_seen_ns
     if victim < 0:
         # An empty window is unlikely because a full table has at least a
         # quarter of its buckets in use. Take the sweep cursor's flow or the
         # next live one.
         victim = t.sweep_cursor % t.high_water
-        while t.pool[victim].record.flow_id == 0:
+        while t.pool[victim].flow_id == 0:
             victim = (victim + 1) % t.high_water
     export_entry(t, &t.pool[victim], WW_EXPIRATION_EVICTED)
     release_slot(t, <uint32_t>victim)
@@ -718,7 +937,7 @@ cdef void remember_fragment(table_state *t, const ww_packet *packet, uint32_t sl
     f.direction = direction
     f.used = 1
     f.slot = slot
-    f.flow_id = t.pool[slot].record.flow_id
+    f.flow_id = t.pool[slot].flow_id
     f.ts_ns = packet.ts_ns
 
 
@@ -730,7 +949,7 @@ cdef int64_t attributed_fragment_slot(table_state *t, const ww_packet *packet,
         return -1
     if packet.ts_ns - f.ts_ns > FRAGMENT_MAX_AGE_NS:
         return -1
-    if t.pool[f.slot].record.flow_id != f.flow_id:
+    if t.pool[f.slot].flow_id != f.flow_id:
         return -1
     direction[0] = f.direction
     return f.slot
@@ -752,25 +971,28 @@ cdef void sweep(table_state *t, uint64_t budget) noexcept nogil:
         if t.sweep_cursor >= t.high_water:
             t.sweep_cursor = 0
         e = &t.pool[slot]
-        if e.record.flow_id == 0:
+        if e.flow_id == 0:
             continue
-        if t.clock_ns - e.record.bidirectional.last_seen_ns > t.idle_timeout_ns:
+        if t.clock_ns - e.hot.last_seen_ns > t.idle_timeout_ns:
             export_entry(t, e, WW_EXPIRATION_IDLE)
             release_slot(t, slot)
             t.counters.flows_expired_idle += 1
-        elif t.clock_ns - e.record.bidirectional.first_seen_ns > t.active_timeout_ns:
+        elif t.clock_ns - e.hot.first_seen_ns > t.active_timeout_ns:
             export_entry(t, e, WW_EXPIRATION_ACTIVE)
             release_slot(t, slot)
             t.counters.flows_expired_active += 1
 
 
-cdef void process_packet(table_state *t, ww_packet *packet) noexcept nogil:
-    cdef flow_key key
+cdef void process_packet(table_state *t, ww_packet *packet,
+                         const pending_key *pending) noexcept nogil:
+    # `pending` is the key prepare_key() built for this packet, if any.
+    cdef flow_key built_key
+    cdef const flow_key *key = &built_key
     cdef uint64_t h, position
     cdef int64_t found
     cdef uint32_t slot
     cdef int direction = 0
-    cdef int src_is_lo, sender_is_initiator, reply_type, ended
+    cdef int src_is_lo, sender_is_initiator, ended
     cdef int is_tcp = packet.ip_proto == IPPROTO_TCP
     cdef int is_fragment = (packet.frag_flags & WW_FRAG_IS_FRAGMENT) != 0
     cdef int later_fragment = is_fragment and packet.frag_offset > 0
@@ -796,71 +1018,62 @@ cdef void process_packet(table_state *t, ww_packet *packet) noexcept nogil:
         found = attributed_fragment_slot(t, packet, &direction)
         if found >= 0:
             e = &t.pool[found]
-            e.record.fragments += 1
+            e.cold.fragments += 1
             add_packet(e, packet, direction, 0)
             t.counters.fragments_attributed += 1
             packet.direction = direction
             packet.flow_slot = <uint32_t>found
-            packet.flow_id = e.record.flow_id
+            packet.flow_id = e.flow_id
             return
         # NOTE: a later fragment that arrives before its first fragment, or
         # after the map entry was overwritten, gets a flow of its own with
         # ports 0 instead of its real flow.
         t.counters.fragments_unattributed += 1
-    elif has_ports(packet.ip_proto):
-        if packet.l4_offset == 0 and (packet.status == WW_STATUS_TRUNCATED
-                                      or packet.status == WW_STATUS_MALFORMED):
-            t.counters.packets_without_ports += 1
-            return
-        src_port = packet.src_port
-        dst_port = packet.dst_port
-    elif packet.ip_proto == IPPROTO_ICMP or packet.ip_proto == IPPROTO_ICMPV6:
-        # NOTE: ICMP errors (unreachable, time exceeded) form flows of their
-        # own and are not attributed to the flow of the packet they quote.
-        src_port = packet.icmp_type
-        reply_type = icmp_reply_type(packet.ip_proto, packet.icmp_type)
-        if reply_type >= 0:
-            dst_port = <uint16_t>reply_type
-        else:
-            dst_port = packet.icmp_code
-            one_way = 1
+    elif pending.src_is_lo < 0 and not key_ports(packet, &src_port, &dst_port, &one_way):
+        t.counters.packets_without_ports += 1
+        return
 
-    src_is_lo = build_key(packet, src_port, dst_port, &key)
-    h = hash_key(&key)
-    found = index_find(t, &key, h, &position)
+    if pending.src_is_lo >= 0:
+        key = &pending.key
+        h = pending.hash
+        src_is_lo = pending.src_is_lo
+        one_way = pending.one_way
+    else:
+        src_is_lo = build_key(packet, src_port, dst_port, &built_key)
+        h = hash_key(&built_key)
+    found = index_find(t, key, h, &position)
     if found >= 0:
         slot = <uint32_t>found
         e = &t.pool[slot]
-        if t.clock_ns - e.record.bidirectional.last_seen_ns > t.idle_timeout_ns:
+        if t.clock_ns - e.hot.last_seen_ns > t.idle_timeout_ns:
             export_entry(t, e, WW_EXPIRATION_IDLE)
             t.counters.flows_expired_idle += 1
             flipped = is_tcp and (packet.tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
             start_flow(t, e, packet, src_is_lo, not flipped, flipped)
-        elif t.clock_ns - e.record.bidirectional.first_seen_ns > t.active_timeout_ns:
+        elif t.clock_ns - e.hot.first_seen_ns > t.active_timeout_ns:
             # The next segment of a long flow keeps the initiator it had.
             export_entry(t, e, WW_EXPIRATION_ACTIVE)
             t.counters.flows_expired_active += 1
-            sender_is_initiator = (src_is_lo == e.initiator_is_lo)
-            flipped = e.flipped
+            sender_is_initiator = (src_is_lo == e.hot.initiator_is_lo)
+            flipped = e.cold.flipped
             start_flow(t, e, packet, src_is_lo, sender_is_initiator, flipped)
     else:
         if (t.live_flows + 1) * 2 > t.bucket_mask + 1 and t.bucket_mask + 1 < t.max_buckets:
             if grow_index(t) == 0:
-                index_find(t, &key, h, &position)
+                index_find(t, key, h, &position)
         # Full: no free pool slot, or an index that could not grow is three
         # quarters used, where linear probing slows down sharply.
         if t.free_count == 0 or (t.live_flows + 1) * 4 > (t.bucket_mask + 1) * 3:
             t.counters.flow_table_full += 1
             evict_one(t, h)
-            index_find(t, &key, h, &position)
+            index_find(t, key, h, &position)
         t.free_count -= 1
         slot = t.free_slots[t.free_count]
         if slot + 1 > t.high_water:
             t.high_water = slot + 1
         e = &t.pool[slot]
-        e.key = key
-        e.hash = h
-        e.one_way = one_way
+        e.key = key[0]
+        e.cold.one_way = one_way
         t.buckets[position] = ((h >> 32) << 32) | (<uint64_t>slot + 1)
         t.live_flows += 1
         # A SYN-ACK seen first answers a SYN we missed: its receiver
@@ -868,14 +1081,14 @@ cdef void process_packet(table_state *t, ww_packet *packet) noexcept nogil:
         flipped = is_tcp and (packet.tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
         start_flow(t, e, packet, src_is_lo, not flipped, flipped)
 
-    direction = 0 if src_is_lo == e.initiator_is_lo else 1
-    if memcmp(key.addr_lo, key.addr_hi, 16) == 0 and key.port_lo == key.port_hi:
+    direction = 0 if src_is_lo == e.hot.initiator_is_lo else 1
+    if key.port_lo == key.port_hi and memcmp(key.addr_lo, key.addr_hi, 16) == 0:
         # Both endpoints are the same: every packet goes from the initiator.
         direction = 0
     ended = add_packet(e, packet, direction, is_tcp and not later_fragment)
     packet.direction = direction
     packet.flow_slot = slot
-    packet.flow_id = e.record.flow_id
+    packet.flow_id = e.flow_id
     if is_fragment and not later_fragment:
         remember_fragment(t, packet, slot, direction)
     if ended:
@@ -946,7 +1159,11 @@ cdef class FlowTableKernel:
             max_buckets <<= 1
         buckets = INITIAL_BUCKETS if INITIAL_BUCKETS < max_buckets else max_buckets
         self.t.capacity = capacity
-        self.t.pool = <flow_entry *>calloc(capacity, sizeof(flow_entry))
+        # calloc leaves pages untouched until a flow uses them; the extra
+        # 64 bytes let every entry start on a cache line.
+        self.t.pool_allocation = calloc(<size_t>capacity * sizeof(flow_entry) + 64, 1)
+        if self.t.pool_allocation != NULL:
+            self.t.pool = <flow_entry *>((<uintptr_t>self.t.pool_allocation + 63) & ~(<uintptr_t>63))
         self.t.free_slots = <uint32_t *>calloc(capacity, sizeof(uint32_t))
         self.t.buckets = <uint64_t *>calloc(buckets, sizeof(uint64_t))
         self.t.fragments = <fragment_entry *>calloc(FRAGMENT_MAP_SIZE, sizeof(fragment_entry))
@@ -971,7 +1188,7 @@ cdef class FlowTableKernel:
         self._dtype = flow_dtype()
 
     def __dealloc__(self):
-        free(self.t.pool)
+        free(self.t.pool_allocation)
         free(self.t.free_slots)
         free(self.t.buckets)
         free(self.t.fragments)
@@ -992,9 +1209,17 @@ cdef class FlowTableKernel:
         """Assign flows to a batch; return the flows that ended, as ww_flow rows."""
         cdef Py_ssize_t i, n = packets.shape[0]
         cdef uint64_t budget = n if n > SWEEP_MIN_ENTRIES else SWEEP_MIN_ENTRIES
+        cdef pending_key ring[PREFETCH_RING]
         with nogil:
+            for i in range(min(n, <Py_ssize_t>PREFETCH_DISTANCE)):
+                prepare_key(&self.t, &ring[i], &packets[i])
             for i in range(n):
-                process_packet(&self.t, &packets[i])
+                if i + PREFETCH_DISTANCE < n:
+                    prepare_key(&self.t, &ring[(i + PREFETCH_DISTANCE) & (PREFETCH_RING - 1)],
+                                &packets[i + PREFETCH_DISTANCE])
+                if i + PREFETCH_DISTANCE // 2 < n:
+                    prefetch_entry(&self.t, &ring[(i + PREFETCH_DISTANCE // 2) & (PREFETCH_RING - 1)])
+                process_packet(&self.t, &packets[i], &ring[i & (PREFETCH_RING - 1)])
             sweep(&self.t, budget)
         return self._take_exports()
 
@@ -1003,9 +1228,9 @@ cdef class FlowTableKernel:
         cdef uint32_t slot
         with nogil:
             for slot in range(self.t.high_water):
-                if self.t.pool[slot].record.flow_id != 0:
+                if self.t.pool[slot].flow_id != 0:
                     export_entry(&self.t, &self.t.pool[slot], WW_EXPIRATION_FLUSHED)
-                    self.t.pool[slot].record.flow_id = 0
+                    self.t.pool[slot].flow_id = 0
                     self.t.counters.flows_flushed += 1
             memset(self.t.buckets, 0, (self.t.bucket_mask + 1) * sizeof(uint64_t))
             for slot in range(self.t.capacity):
@@ -1023,8 +1248,8 @@ cdef class FlowTableKernel:
         with nogil:
             for slot in range(self.t.high_water):
                 e = &self.t.pool[slot]
-                if e.record.flow_id != 0 and \
-                        self.t.clock_ns - e.record.bidirectional.first_seen_ns >= min_age_ns:
+                if e.flow_id != 0 and \
+                        self.t.clock_ns - e.hot.first_seen_ns >= min_age_ns:
                     export_entry(&self.t, e, WW_EXPIRATION_LIVE)
         return self._take_exports()
 

@@ -287,3 +287,59 @@ def test_capture_info_command_rejects_garbage(tmp_path):
     result = CliRunner().invoke(main, ["capture-info", str(path)])
     assert result.exit_code == 1
     assert "not a pcap or pcapng file: magic 0x726f6f74 at offset 0" in result.output
+
+
+def mapping_rss_kib(path):
+    """Resident kB of this process's mappings of `path`, from /proc/self/smaps."""
+    total = 0
+    inside = False
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                # A mapping header: address range, perms, offset, dev, inode[, path].
+                inside = len(fields) >= 6 and fields[5] == str(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+def write_sized_capture(path, packets, frame_length):
+    """Write a classic pcap of `packets` frames whose bytes encode their index."""
+    header = (0xA1B2C3D4).to_bytes(4, "little") + bytes.fromhex("02000400") + bytes(8) \
+        + (65535).to_bytes(4, "little") + (1).to_bytes(4, "little")
+    frames = []
+    with open(path, "wb") as handle:
+        handle.write(header)
+        for i in range(packets):
+            frame = i.to_bytes(4, "big") * (frame_length // 4)
+            frames.append(frame)
+            handle.write(np.array([i, 0, frame_length, frame_length], dtype="<u4").tobytes() + frame)
+    return frames
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_mapped_pages_released_behind_reader(tmp_path, monkeypatch):
+    import engine.capture.files as files
+
+    # A 64 KiB release step makes a 4 MiB file span many steps.
+    monkeypatch.setattr(files, "MAPPED_RELEASE_STEP", 64 * 1024)
+    path = tmp_path / "long.pcap"
+    frames = write_sized_capture(path, 4000, 1000)
+    kept_batches = []
+    peak_kib = 0
+    with open_capture(path, batch_size=256) as reader:
+        for batch in reader:
+            kept_batches.append(batch)
+            peak_kib = max(peak_kib, mapping_rss_kib(path))
+
+    # Resident: at most one release step, one batch (256 KB) and read-ahead
+    # of the fault handler, far below the 4 MB file.
+    assert 0 < peak_kib < 1024
+    # Kept batches still read the right bytes: released pages fault back in.
+    payloads = [
+        batch.data[offset : offset + caplen].tobytes()
+        for batch in kept_batches
+        for offset, caplen in zip(batch.packets["data_offset"], batch.packets["caplen"])
+    ]
+    assert payloads == frames

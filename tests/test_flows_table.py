@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine._native.flowtable import community_id_for, flow_itemsize, flow_key_size
+from engine._native.flowtable import community_id_for, flow_entry_size, flow_itemsize, flow_key_size
 from engine.decode.layout import PACKET_DTYPE
 from engine.flows import CONN_STATE_NAMES, EXPIRATION_NAMES, FLOW_DTYPE, FlowTable, flows_to_records
 
@@ -679,3 +679,96 @@ def test_table_matches_slow_reference(raw_events):
             if len(sizes) > 2:
                 iat_ms = np.diff(times) / 1e6
                 assert flow[f"{prefix}_stddev_piat_ms"] == pytest.approx(iat_ms.std(ddof=1), abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(packet_events)
+def test_bidirectional_merge_matches_reference(raw_events):
+    # Bidirectional sizes and flag counts are merged from the two
+    # directions at export; check them against all packets of the flow.
+    ts = 0
+    events = []
+    for src, dst, sport, dport, proto, flags, size, gap_ns in raw_events:
+        ts += gap_ns
+        events.append((ts, src, dst, sport, dport, proto, flags if proto == TCP else 0, size))
+    packets = batch(*(
+        make_packet(t / 1e9, src, dst, sport, dport, proto, flags, wirelen=size)
+        for t, src, dst, sport, dport, proto, flags, size in events
+    ))
+    table = FlowTable(capacity=256)
+    table.update(packets)
+    flows = table.flush()
+
+    for flow in flows:
+        members = packets["flow_id"] == flow["flow_id"]
+        sizes = packets["wirelen"][members].astype(float)
+        times = packets["ts_ns"][members]
+        flags = packets["tcp_flags"][members]
+        assert flow["bidirectional_packets"] == len(sizes)
+        assert flow["bidirectional_bytes"] == sizes.sum()
+        assert flow["bidirectional_min_ps"] == sizes.min()
+        assert flow["bidirectional_max_ps"] == sizes.max()
+        assert flow["bidirectional_mean_ps"] == pytest.approx(sizes.mean())
+        if len(sizes) > 1:
+            assert flow["bidirectional_stddev_ps"] == pytest.approx(sizes.std(ddof=1), abs=1e-9)
+        else:
+            assert flow["bidirectional_stddev_ps"] == 0.0
+        if len(sizes) > 2:
+            iat_ms = np.diff(times) / 1e6
+            assert flow["bidirectional_mean_piat_ms"] == pytest.approx(iat_ms.mean(), abs=1e-9)
+            assert flow["bidirectional_stddev_piat_ms"] == pytest.approx(iat_ms.std(ddof=1), abs=1e-9)
+        for name, bit in (("syn", SYN), ("ack", ACK), ("psh", PSH)):
+            assert flow[f"bidirectional_{name}_packets"] == np.count_nonzero(flags & bit), name
+
+
+def test_batch_split_gives_same_flows():
+    # update() builds keys and prefetches entries ahead of each packet, so
+    # one large batch must assign exactly the flows that single-packet
+    # batches do, across fragments, truncated and non-IP packets.
+    rng = np.random.default_rng(7)
+    records = []
+    for i in range(600):
+        ts = i * 0.001
+        kind = rng.integers(0, 10)
+        host = f"10.1.{rng.integers(0, 4)}.{rng.integers(1, 40)}"
+        if kind == 0:
+            p = make_packet(ts, host, SERVER, 0, 0, proto=UDP, frag=(i, 0, True), wirelen=1514)
+            records.append(p)
+            p = make_packet(ts, host, SERVER, 0, 0, proto=UDP, frag=(i, 185, False), wirelen=300)
+        elif kind == 1:
+            p = make_packet(ts, host, SERVER, proto=ICMP, icmp=(8, 0))
+        elif kind == 2:
+            p = make_packet(ts, host, SERVER, 5000, 53, proto=UDP)
+            p["ip_version"] = 0  # no IP layer
+        elif kind == 3:
+            p = make_packet(ts, host, SERVER, 0, 0, proto=TCP)
+            p["l4_offset"] = 0
+            p["status"] = 1  # WW_STATUS_TRUNCATED before the ports
+        else:
+            sport = int(rng.integers(40000, 40008))
+            if rng.random() < 0.5:
+                p = make_packet(ts, host, SERVER, sport, 443, flags=PSH | ACK, payload=100)
+            else:
+                p = make_packet(ts, SERVER, host, 443, sport, flags=PSH | ACK, payload=100)
+        records.append(p)
+    whole = batch(*records)
+    single = whole.copy()
+
+    table_whole = FlowTable(capacity=1024)
+    flows_whole = np.concatenate([table_whole.update(whole), table_whole.flush()])
+    table_single = FlowTable(capacity=1024)
+    parts = [table_single.update(single[i : i + 1]) for i in range(len(single))]
+    flows_single = np.concatenate(parts + [table_single.flush()])
+
+    for field in ("flow_id", "direction", "flow_slot"):
+        assert np.array_equal(whole[field], single[field]), field
+    assert table_whole.stats == table_single.stats
+    order_whole = np.argsort(flows_whole["flow_id"])
+    order_single = np.argsort(flows_single["flow_id"])
+    assert flows_whole[order_whole].tobytes() == flows_single[order_single].tobytes()
+
+
+def test_flow_entry_fills_whole_cache_lines():
+    # The hot/cold layout relies on entries starting on a 64-byte line.
+    assert flow_entry_size() % 64 == 0
+    assert flow_entry_size() == 448

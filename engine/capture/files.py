@@ -3,10 +3,13 @@
 The file format comes from the magic number, never from the file name. A
 plain regular file is mapped with mmap and parsed in place, so batch.data is
 a read-only view of the mapping and data_offset is the byte offset in the
-file. Compressed files (gzip, zstd), pipes and stdin are read in chunks.
-Each chunk becomes a new buffer, so a batch's data stays valid after the
-reader moves on. The record walk itself runs in engine._native.reader
-without the GIL.
+file. Pages the reader has moved past are dropped from the resident set
+(madvise MADV_DONTNEED), so resident memory stays flat however long the file
+is. A batch kept by the caller stays valid because its pages fault back in
+from the page cache. Compressed files (gzip, zstd), pipes and stdin are
+read in chunks. Each chunk becomes a new buffer, so a batch's data stays
+valid after the reader moves on. The record walk itself runs in
+engine._native.reader without the GIL.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ STREAM_CHUNK_SIZE = 4 * 1024 * 1024
 # bounds one call's output near 64 MiB: 2 KiB of zstd-compressed zeros
 # decompress to 63 MiB.
 ZSTD_INPUT_STEP = 2048
+# Mapped bytes the reader has moved past before it drops them from the
+# resident set in one madvise call. File-backed resident memory stays near
+# this much plus the span of one batch.
+MAPPED_RELEASE_STEP = 8 * 1024 * 1024
 
 ANOMALY_NAMES: tuple[str, ...] = tuple(_native.ANOMALY_NAMES)
 MAX_BLOCK_LENGTH = _native.MAX_BLOCK_LENGTH
@@ -216,6 +223,7 @@ class CaptureReader:
         self._file: BinaryIO | None = None
         self._stream: BinaryIO | None = None
         self._mmap: mmap.mmap | None = None
+        self._mapped_released = 0  # file offset below which pages were released
         self._parser = None
         self._python_truncations = 0
         self._batches: Iterator[Batch] | None = None
@@ -228,6 +236,13 @@ class CaptureReader:
         self.name = STDIN_NAME if os.fspath(source) == "-" else os.fspath(source)
         try:
             if self.name == STDIN_NAME:
+                # sys.stdin is None when the process started with file
+                # descriptor 0 closed.
+                if sys.stdin is None:
+                    raise CaptureError(
+                        "standard input is closed; pipe a capture into it or pass a file path instead of -",
+                        path=self.name,
+                    )
                 self._open_stream(sys.stdin.buffer)
             else:
                 self._open_path(Path(source))
@@ -266,6 +281,9 @@ class CaptureReader:
 
         # The mapping stays open while any batch's data view refers to it.
         self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_SEQUENTIAL"):
+            # Larger read-ahead, and the kernel may reclaim passed pages first.
+            self._mmap.madvise(mmap.MADV_SEQUENTIAL)
         data = np.frombuffer(self._mmap, dtype=np.uint8)
         header_length = self._start_parser(bytes(data[:PCAP_HEADER_LENGTH]))
         self._batches = self._iterate(data, header_length, at_eof=True, refill=None)
@@ -416,6 +434,10 @@ class CaptureReader:
 
             if count > 0:
                 yield Batch(packets[:count], data, count)
+                # The caller asked for the next batch, so it is done with
+                # the pages of this one, unless it kept the batch.
+                if self._mmap is not None:
+                    self._release_mapped_pages(pos)
 
             if status == _native.STATUS_BATCH_FULL:
                 continue
@@ -433,6 +455,19 @@ class CaptureReader:
                 raise self._record_error(base_offset + parser.error_pos)
             self._log_summary()
             return
+
+    def _release_mapped_pages(self, end_offset: int) -> None:
+        """Drop the mapped pages before end_offset from the resident set.
+
+        The mapping is shared and read-only, so MADV_DONTNEED loses no data:
+        a later read of those bytes (a batch the caller kept) faults the page
+        back in from the page cache or the file.
+        """
+        end = end_offset - end_offset % mmap.PAGESIZE
+        if end - self._mapped_released < MAPPED_RELEASE_STEP or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        self._mmap.madvise(mmap.MADV_DONTNEED, self._mapped_released, end - self._mapped_released)
+        self._mapped_released = end
 
     def _refill(self, data: np.ndarray, pos: int, base_offset: int, refill):
         """Return a new buffer holding the unparsed tail of `data` plus one more chunk."""
