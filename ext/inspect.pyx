@@ -18,7 +18,7 @@
 #     closes the hole. A disjoint out-of-order segment is dropped and counted
 #     in `tcp_gap`; the stream then stops short at that hole.
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
@@ -159,6 +159,14 @@ cdef class StreamTable:
     cdef readonly uint32_t stream_cap
     cdef readonly uint32_t max_tracked
     cdef readonly uint32_t tracked
+    # Flows marked ready or ended since the last take_ready(); zero lets
+    # take_ready() return without scanning every slot.
+    cdef readonly uint64_t pending
+    # Lower bound of last_ts_ns over tracked flows not yet ended; while it is
+    # within the idle timeout, expire_idle() returns without a scan.
+    cdef readonly int64_t oldest_ts_ns
+    # Latest ts_ns of the last update() batch; INT64_MIN when it had no packets.
+    cdef readonly int64_t batch_max_ts_ns
     cdef public object flows_array
     cdef public object streams_array
     cdef public object counters_array
@@ -179,6 +187,9 @@ cdef class StreamTable:
         self.stream_cap = stream_cap
         self.max_tracked = capacity - capacity // 4
         self.tracked = 0
+        self.pending = 0
+        self.oldest_ts_ns = INT64_MAX
+        self.batch_max_ts_ns = INT64_MIN
         self.flows_array = np.zeros(capacity, dtype=flow_dtype())
         # fill() writes every page now, so packets never pay a first-touch
         # page fault and the memory is committed when the table is made.
@@ -365,10 +376,13 @@ cdef class StreamTable:
         cdef uint32_t present_len
         cdef uint64_t start
         cdef uint32_t newly_ready = 0
+        cdef int64_t batch_max_ts_ns = INT64_MIN
         with nogil:
             for i in range(n):
                 p = &packets[i]
                 self.counters[C_PACKETS_SEEN] += 1
+                if p.ts_ns > batch_max_ts_ns:
+                    batch_max_ts_ns = p.ts_ns
                 if (p.status != 0 or p.flow_id == 0 or p.direction > 1
                         or (p.ip_proto != PROTO_TCP and p.ip_proto != PROTO_UDP)):
                     self.counters[C_PACKETS_SKIPPED] += 1
@@ -381,6 +395,8 @@ cdef class StreamTable:
                         continue
                     f = &self.flows[slot]
                     f.first_ts_ns = p.ts_ns
+                    if p.ts_ns < self.oldest_ts_ns:
+                        self.oldest_ts_ns = p.ts_ns
                     f.ip_proto = p.ip_proto
                     f.ip_version = p.ip_version
                 f = &self.flows[slot]
@@ -430,6 +446,8 @@ cdef class StreamTable:
                         and f.stream_flags[1] & STREAM_DONE_MASK):
                     f.ready = 1
                     newly_ready += 1
+        self.batch_max_ts_ns = batch_max_ts_ns
+        self.pending += newly_ready
         return newly_ready
 
     def end_flows(self, const uint64_t[::1] flow_ids):
@@ -442,16 +460,28 @@ cdef class StreamTable:
                 if slot >= 0:
                     self.flows[slot].end_requested = 1
                     self.flows[slot].ready = 1
+                    self.pending += 1
 
     def expire_idle(self, int64_t now_ns, int64_t idle_timeout_ns):
         """Mark flows idle since before now_ns - idle_timeout_ns as ended."""
         cdef uint32_t i
         cdef int64_t limit = now_ns - idle_timeout_ns
+        cdef int64_t oldest = INT64_MAX
+        cdef ww_inspect_flow* f
+        if self.oldest_ts_ns >= limit:
+            return
         with nogil:
             for i in range(self.capacity):
-                if self.flows[i].flow_id != 0 and self.flows[i].last_ts_ns < limit:
-                    self.flows[i].end_requested = 1
-                    self.flows[i].ready = 1
+                f = &self.flows[i]
+                if f.flow_id == 0 or f.end_requested:
+                    continue
+                if f.last_ts_ns < limit:
+                    f.end_requested = 1
+                    f.ready = 1
+                    self.pending += 1
+                elif f.last_ts_ns < oldest:
+                    oldest = f.last_ts_ns
+        self.oldest_ts_ns = oldest
 
     def end_all(self):
         """Mark every tracked flow as ended (end of capture)."""
@@ -460,6 +490,7 @@ cdef class StreamTable:
             if self.flows[i].flow_id != 0:
                 self.flows[i].end_requested = 1
                 self.flows[i].ready = 1
+                self.pending += 1
 
     def take_ready(self):
         """Return (flow record dict, initiator bytes, responder bytes) for each ready flow.
@@ -475,6 +506,9 @@ cdef class StreamTable:
         cdef int64_t slot
         cdef list taken = []
         cdef list to_free = []
+        if self.pending == 0:
+            return taken
+        self.pending = 0
         for i in range(self.capacity):
             f = &self.flows[i]
             if f.flow_id == 0 or not f.ready:
