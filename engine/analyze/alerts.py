@@ -37,6 +37,7 @@ def alert_from_detection(detection: Detection, sensor_id: str = "") -> Alert:
         protocol=detection.protocol,
         community_id=detection.community_id,
         flow_ids=list(detection.flow_ids),
+        count=detection.count,
         model_class=detection.attack_class,
         model_score=detection.model_score,
         anomaly_score=detection.anomaly_score,

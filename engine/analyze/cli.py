@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from engine.alerts.commands import alert_sink_options
+from engine.flows.table import MAX_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ def load_config(path: str | None) -> dict:
             return tomllib.load(handle)
     except OSError as error:
         raise click.ClickException(f"cannot read configuration {path}: {error.strerror}") from error
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        # TOML files are UTF-8, and tomllib raises UnicodeDecodeError on other bytes.
         raise click.ClickException(f"invalid TOML in configuration {path}: {error}") from error
 
 
@@ -43,6 +45,11 @@ def build_options(config: dict, idle_timeout, active_timeout):
     from engine.analyze.pipeline import AnalyzeOptions
     from engine.analyze.rules import RuleConfig
 
+    for section in ("analyze", "rules"):
+        if not isinstance(config.get(section, {}), dict):
+            raise click.ClickException(
+                f"invalid configuration: {section} = {config[section]!r} is not a table; write it as a [{section}] section"
+            )
     try:
         rules = RuleConfig(**config.get("rules", {}))
         options = AnalyzeOptions(rules=rules, **config.get("analyze", {}))
@@ -52,7 +59,23 @@ def build_options(config: dict, idle_timeout, active_timeout):
         options.idle_timeout_s = idle_timeout
     if active_timeout is not None:
         options.active_timeout_s = active_timeout
+    check_flow_options(options)
     return options
+
+
+def check_flow_options(options) -> None:
+    """Raise ClickException unless the flow table settings are usable, before any capture is read."""
+    from engine.flows.table import MAX_CAPACITY
+
+    for name in ("idle_timeout_s", "active_timeout_s"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT_S:
+            raise click.ClickException(
+                f"invalid {name} {value!r}; expected seconds > 0 and at most {MAX_TIMEOUT_S:.0f}"
+            )
+    capacity = options.flow_capacity
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
+        raise click.ClickException(f"invalid flow_capacity {capacity!r}; expected an integer from 1 to {MAX_CAPACITY}")
 
 
 def build_alert_config(config: dict, sink_options: dict):
@@ -113,9 +136,9 @@ def format_alert_line(alert) -> str:
               help="TOML configuration with [analyze], [rules] and [alerts] sections.")
 @click.option("--batch-size", default=8192, show_default=True, type=click.IntRange(1, 1 << 20),
               help="Packets per batch.")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT_S),
               help="Flow idle timeout, seconds [default: 120].")
-@click.option("--active-timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--active-timeout", type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT_S),
               help="Flow active timeout, seconds [default: 1800].")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the closing summary, not each alert.")
 @click.option("--no-inspect", is_flag=True,

@@ -66,9 +66,13 @@ class Detection:
     anomaly_score: float | None = None
     top_features: list[tuple[str, float, float]] = field(default_factory=list)
     evidence: dict = field(default_factory=dict)
+    count: int = 1  # flows or events this detection stands for
 
 
 _PROTOCOL_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+
+# Flow ids kept per detection; the count gives the total.
+MAX_FLOW_IDS = 32
 
 # Responder ports where each service-bound attack class can happen. The
 # model learns simulated traffic, where (for example) DICOM theft always
@@ -200,8 +204,9 @@ class Pipeline:
         live = self.flow_table.active_snapshot(self.options.interim_interval_s)
         if live.size == 0:
             return []
-        fresh = np.array([int(i) not in self._interim_reported for i in live["flow_id"]], dtype=bool)
-        live = live[fresh]
+        if self._interim_reported:
+            reported = np.fromiter(self._interim_reported, dtype=np.uint64, count=len(self._interim_reported))
+            live = live[~np.isin(live["flow_id"], reported)]
         detections = self.score_flows(live, interim=True)
         for detection in detections:
             for flow_id in detection.flow_ids:
@@ -224,13 +229,27 @@ class Pipeline:
         flagged &= best != benign_index
         flagged &= self._service_port_allowed(best, flows["dst_port"])
         anomalous &= ~flagged
-        detections = []
         rows = np.flatnonzero(flagged | anomalous)
         if rows.size == 0:
-            return detections
-        for row in rows:
-            if flagged[row]:
-                class_index = int(best[row])
+            return []
+        self.counters["model_detections"] += int(flagged.sum())
+        self.counters["anomaly_detections"] += int(anomalous.sum())
+        # One detection per (class, source, destination) in this batch, not
+        # per flow: a flood or a scan flags thousands of flows, and Python
+        # work per flow would cost more than the whole compiled pipeline.
+        group_class = np.where(flagged[rows], best[rows], -1).astype(np.int16)
+        keys = np.concatenate(
+            [group_class.view(np.uint8).reshape(-1, 2), flows["src_addr"][rows], flows["dst_addr"][rows]], axis=1
+        )
+        _, group_of_row = np.unique(keys, axis=0, return_inverse=True)
+        group_of_row = group_of_row.ravel()
+        detections = []
+        for group in range(int(group_of_row.max()) + 1):
+            members = rows[group_of_row == group]
+            if flagged[members[0]]:
+                class_index = int(best[members[0]])
+                member_scores = proba[members, class_index]
+                row = int(members[np.argmax(member_scores)])
                 attack_class = self._class_names[class_index]
                 top = self.model.top_features(X[row:row + 1], class_index)[0]
                 info = ATTACK_CLASSES.get(attack_class)
@@ -240,16 +259,22 @@ class Pipeline:
                 score = float(proba[row, class_index])
                 summary = f"the model classed this flow as {attack_class.replace('_', ' ')} ({score:.0%})"
             else:
+                row = int(members[np.argmax(anomaly[members])])
                 attack_class = None
                 category, technique, origin, score = "anomaly", None, "anomaly", None
                 top = self._anomaly_features(X[row])
                 summary = "the flow is unlike the benign traffic the anomaly model learnt"
-            detections.append(self._from_flow(
+            detection = self._from_flow(
                 flows[row], category, technique, attack_class, origin, summary,
                 score, float(anomaly[row]), top,
-            ))
-        self.counters["model_detections"] += int(flagged.sum())
-        self.counters["anomaly_detections"] += int(anomalous.sum())
+            )
+            detection.count = int(members.size)
+            detection.flow_ids = [int(i) for i in flows["flow_id"][members[:MAX_FLOW_IDS]]]
+            detection.first_seen = float(flows["bidirectional_first_seen_ns"][members].min()) / 1e9
+            detection.last_seen = float(flows["bidirectional_last_seen_ns"][members].max()) / 1e9
+            if members.size > 1:
+                detection.summary += f"; {members.size} such flows in this batch"
+            detections.append(detection)
         return detections
 
     def _service_port_allowed(self, best: np.ndarray, dst_ports: np.ndarray) -> np.ndarray:

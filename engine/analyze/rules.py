@@ -25,7 +25,9 @@ from engine.flows.layout import CONN_STATE_NAMES
 # Connection states of a TCP attempt that got no service: no answer (S0),
 # rejected (REJ), reset by the originator before an answer (RSTOS0), or the
 # responder reset after only its SYN-ACK (RSTRH), or a lone SYN then FIN (SH).
-_FAILED_STATES = {"S0", "REJ", "RSTOS0", "RSTRH", "SH", "OTH"}
+# A midstream flow (OTH) counts only when the responder never sent anything.
+_FAILED_STATES = {"S0", "REJ", "RSTOS0", "RSTRH", "SH"}
+_OTH_ID = CONN_STATE_NAMES.index("OTH")
 _FAILED_STATE_IDS = np.array(
     [i for i, name in enumerate(CONN_STATE_NAMES) if name in _FAILED_STATES], dtype=np.uint8
 )
@@ -190,7 +192,10 @@ class FlowRules:
 
     def _scan_rules(self, flows):
         c = self.config
-        failed = np.isin(flows["conn_state"], _FAILED_STATE_IDS) & (flows["ip_proto"] == 6)
+        failed = (
+            np.isin(flows["conn_state"], _FAILED_STATE_IDS)
+            | ((flows["conn_state"] == _OTH_ID) & (flows["dst2src_packets"] == 0))
+        ) & (flows["ip_proto"] == 6)
         # A UDP probe that got no answer at all is a failed attempt too,
         # unless it comes from an amplifier port: that is a reflected
         # response, which the reflection rule counts.
