@@ -31,6 +31,7 @@ COMMANDS = {
     "simulate": ("engine.simulate.cli", "simulate_command"),
     "respond": ("engine.respond.cli", "respond"),
     "predict": ("engine.predict.cli", "predict"),
+    "run": ("engine.live.cli", "run_command"),
     "report": ("engine.report.cli", "report_command"),
 }
 
@@ -48,6 +49,16 @@ class LazyGroup(click.Group):
         module_name, attribute = target
         module = importlib.import_module(module_name)
         return getattr(module, attribute)
+
+    def invoke(self, ctx):
+        # Every command opens the store through engine.store.open_store, so
+        # an unusable store becomes one error message here, not a traceback.
+        from engine.store import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except StoreError as error:
+            raise click.ClickException(str(error)) from error
 
 
 @click.group(cls=LazyGroup)

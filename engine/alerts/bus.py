@@ -41,8 +41,9 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from engine.alerts.config import check_endpoint
 from engine.alerts.schema import TOPIC_PREFIX
-from engine.alerts.store import MAX_PAGE_SIZE, AlertStore
+from engine.alerts.store import MAX_PAGE_SIZE, MAX_SQLITE_INTEGER, AlertStore
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,18 @@ class ReplayServer:
                     continue
                 frames = self.socket.recv_multipart()
                 identity, envelope, payload = frames[0], frames[1:-1], frames[-1]
-                reply = self.handle_request(store, payload)
+                try:
+                    reply = self.handle_request(store, payload)
+                except Exception as error:
+                    # One bad request must not end the thread, which would
+                    # leave every subscriber without gap filling.
+                    self.counters["failed"] += 1
+                    failed = self.counters["failed"]
+                    # Log the first failures in full, then every 1000th, so
+                    # a client repeating a bad request cannot flood the log.
+                    if failed <= 10 or failed % 1000 == 0:
+                        logger.exception("replay request failed (%d so far); the socket keeps serving", failed)
+                    reply = {"ok": False, "error": f"replay request failed: {error}"}
                 self.socket.send_multipart([identity, *envelope, msgpack.packb(reply, use_bin_type=True)])
         finally:
             store.close()
@@ -200,8 +212,8 @@ class ReplayServer:
         since, until = request.get("since"), request.get("until")
         limit = request.get("limit", MAX_PAGE_SIZE)
         topics = request.get("topics") or []
-        if not isinstance(since, int) or since < 0:
-            return self._reject(f"invalid since {since!r}; expected an integer >= 0")
+        if not isinstance(since, int) or not 0 <= since <= MAX_SQLITE_INTEGER:
+            return self._reject(f"invalid since {since!r}; expected an integer from 0 to {MAX_SQLITE_INTEGER}")
         if until is not None and not isinstance(until, int):
             return self._reject(f"invalid until {until!r}; expected an integer or nil")
         if not isinstance(limit, int) or limit < 1:
@@ -319,6 +331,11 @@ class GapFillingSubscriber:
         idle_check_s: float = 1.0,
         context: zmq.Context | None = None,
     ):
+        for endpoint in [*connect, *(replay or [])]:
+            check_endpoint(endpoint)
+        for topic in topics or []:
+            if not topic.isascii():
+                raise ValueError(f"invalid topic {topic!r}; topics are ASCII prefixes such as alert.high.")
         self.context = context or zmq.Context.instance()
         self.topics = list(topics) if topics else [TOPIC_PREFIX]
         self.curve = curve

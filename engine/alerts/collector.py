@@ -27,6 +27,7 @@ from engine.alerts.bus import (
     apply_curve_server,
     bound_endpoint,
 )
+from engine.alerts.config import check_endpoint
 from engine.alerts.schema import TOPIC_PREFIX
 from engine.alerts.store import AlertStore
 
@@ -50,6 +51,11 @@ class Collector:
     ):
         if not connect:
             raise ValueError("no sensor endpoints; pass at least one --connect ENDPOINT")
+        # Checked before any socket exists, so a bad endpoint leaks nothing.
+        for endpoint in [*connect, *(replay or [])]:
+            check_endpoint(endpoint)
+        if bind is not None:
+            check_endpoint(bind, bind=True)
         self.connect = list(connect)
         self.context = zmq.Context()
 

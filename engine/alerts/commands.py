@@ -155,10 +155,13 @@ def tail_alerts(connect, topics, since, replay, as_json, max_alerts, idle_exit_s
 
     if since is not None and not replay:
         raise click.UsageError("--since needs --replay ENDPOINT to fetch what was missed")
-    subscriber = GapFillingSubscriber(
-        list(connect), topics=list(topics) or None, replay=list(replay), since=since,
-        curve=_curve_client_keys(curve_secret, curve_server_key),
-    )
+    try:
+        subscriber = GapFillingSubscriber(
+            list(connect), topics=list(topics) or None, replay=list(replay), since=since,
+            curve=_curve_client_keys(curve_secret, curve_server_key),
+        )
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     printed = 0
     try:
@@ -197,14 +200,26 @@ def generate_keys(out_dir, name, pseudonymization_key):
 
     from engine.privacy import KEY_FILE_NAME, generate_key_file
 
-    os.makedirs(out_dir, exist_ok=True)
+    if not name or os.sep in name or name in (".", ".."):
+        raise click.BadParameter(f"invalid name {name!r}; expected a file name without {os.sep}", param_hint="--name")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as error:
+        raise click.ClickException(f"cannot create key directory {out_dir}: {error.strerror}") from error
     public_path = os.path.join(out_dir, f"{name}.key")
     secret_path = public_path + "_secret"
     for path in (public_path, secret_path):
         if os.path.exists(path):
             raise click.ClickException(f"{path} already exists; choose another --name or --out")
-    public_file, secret_file = zmq.auth.create_certificates(out_dir, name)
+    # zmq.auth writes with the process umask, so without this the secret
+    # key would be readable by others until the chmod below.
+    previous_umask = os.umask(0o077)
+    try:
+        public_file, secret_file = zmq.auth.create_certificates(out_dir, name)
+    finally:
+        os.umask(previous_umask)
     os.chmod(secret_file, 0o600)
+    os.chmod(public_file, 0o644)
     click.echo(f"public certificate: {public_file}")
     click.echo(f"secret certificate: {secret_file}")
     if pseudonymization_key:

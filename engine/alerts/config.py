@@ -7,6 +7,7 @@ anything, so a bad configuration fails before capture starts.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,11 @@ class AlertConfig:
             raise ValueError("curve_allow_dir is set without curve_server_secret; set both to use CURVE")
         if not self.sensor_id:
             raise ValueError("sensor_id is empty; set a name that identifies this sensor")
+        for endpoint in (self.bus_endpoint, self.replay_endpoint):
+            if endpoint is not None:
+                check_endpoint(endpoint, bind=True)
+        if not isinstance(self.sensor_id, str) or not _is_utf8_text(self.sensor_id):
+            raise ValueError(f"invalid sensor_id {self.sensor_id!r}; expected text that is valid UTF-8")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> AlertConfig:
@@ -161,6 +167,48 @@ class AlertConfig:
         config = cls(aggregation=aggregation, rate_limits=rate_limits, suppression=suppression, **data)
         config.validate()
         return config
+
+
+# tcp://HOST:PORT, where HOST is a name, an IPv4 address, a bracketed IPv6
+# address or * (bind on every interface), and PORT is digits or * (bind to
+# any free port).
+_TCP_ENDPOINT = re.compile(r"tcp://(\*|\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]*]+):(\*|[0-9]{1,5})")
+
+
+def check_endpoint(endpoint: str, bind: bool = False) -> str:
+    """Return `endpoint` unchanged, or raise ValueError unless ZeroMQ can use it as intended.
+
+    Accepted: tcp://HOST:PORT with PORT from 1 to 65535 (or * for any free
+    port when binding), ipc://PATH and inproc://NAME. libzmq itself accepts
+    some ports above 65535 without an error, so the alerts would go to a
+    port that no subscriber expects. NOTE: ZeroMQ's source-address form
+    tcp://SOURCE;HOST:PORT is rejected too.
+    """
+    expected = "expected tcp://HOST:PORT (PORT 1-65535), ipc://PATH or inproc://NAME"
+    if not isinstance(endpoint, str):
+        raise ValueError(f"invalid endpoint {endpoint!r}; {expected}")
+    if endpoint.startswith(("ipc://", "inproc://")) and endpoint.partition("://")[2]:
+        return endpoint
+    match = _TCP_ENDPOINT.fullmatch(endpoint)
+    if match is None:
+        raise ValueError(f"invalid endpoint {endpoint!r}; {expected}")
+    host, port = match.groups()
+    if port == "*" or host == "*":
+        if not bind:
+            raise ValueError(f"invalid endpoint {endpoint!r}: * is for binding; name the host and port to connect to")
+    if port != "*" and not 1 <= int(port) <= 65535:
+        raise ValueError(f"invalid port {port} in endpoint {endpoint!r}; {expected}")
+    return endpoint
+
+
+def _is_utf8_text(text: str) -> bool:
+    # Command-line bytes that are not UTF-8 arrive as lone surrogates, which
+    # msgpack and SQLite reject when the first alert is written.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_syslog_target(target: str) -> tuple[str, str, int]:

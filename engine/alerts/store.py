@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from engine.alerts.schema import Alert, pack_alert, unpack_alert
-from engine.store import open_store
+from engine.store import open_store, path_text
 from engine.taxonomy import SEVERITIES, severity_rank
 
 SCHEMA = """
@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS runs (
 
 # Maximum rows per replay page; a request with a larger limit gets this many.
 MAX_PAGE_SIZE = 1_000
+# Largest value of an SQLite INTEGER (signed 64-bit).
+MAX_SQLITE_INTEGER = 2**63 - 1
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
@@ -236,16 +238,18 @@ class AlertStore:
         query += " ORDER BY last_seen DESC, seq DESC"
         if limit is not None:
             query += " LIMIT ?"
-            parameters.append(limit)
+            parameters.append(min(limit, MAX_SQLITE_INTEGER))
         return [unpack_alert(row[0]) for row in self.conn.execute(query, parameters)]
 
     def get_alert(self, alert_id_or_seq: str) -> Alert | None:
         """Return an alert by id (its latest revision) or by the seq of one publication."""
         row = self.conn.execute("SELECT body FROM alerts WHERE id = ?", (alert_id_or_seq,)).fetchone()
-        if row is None and alert_id_or_seq.isdigit():
-            row = self.conn.execute(
-                "SELECT body FROM alert_events WHERE seq = ?", (int(alert_id_or_seq),)
-            ).fetchone()
+        # str.isdigit() also accepts digits such as "²" that int() rejects,
+        # and a seq above SQLite's INTEGER range cannot be stored.
+        if row is None and alert_id_or_seq.isascii() and alert_id_or_seq.isdigit():
+            seq = int(alert_id_or_seq)
+            if seq <= MAX_SQLITE_INTEGER:
+                row = self.conn.execute("SELECT body FROM alert_events WHERE seq = ?", (seq,)).fetchone()
         return unpack_alert(row[0]) if row is not None else None
 
     def iter_events(self) -> Iterator[tuple[int, str | None, int | None, bytes]]:
@@ -285,7 +289,7 @@ def write_run_stats(conn: sqlite3.Connection, stats: RunStats) -> None:
         " first_packet_time = excluded.first_packet_time, last_packet_time = excluded.last_packet_time,"
         " anomaly_counters = excluded.anomaly_counters",
         (
-            stats.run_id, stats.sensor_id, stats.source, stats.started_at, stats.ended_at,
+            stats.run_id, stats.sensor_id, path_text(stats.source), stats.started_at, stats.ended_at,
             stats.packets, stats.bytes, stats.flows, stats.alerts, stats.first_packet_time,
             stats.last_packet_time, json.dumps(stats.anomaly_counters, sort_keys=True),
         ),
