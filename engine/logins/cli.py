@@ -43,12 +43,25 @@ def _privacy_options(function):
                             help="Show user names in alerts as logged instead of pseudonyms.")(function)
     function = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                             help="TOML file whose [logins] table sets rule thresholds and change windows.")(function)
-    function = click.option("--bus", "bus_endpoint", default=None,
+    function = click.option("--bus", "bus_endpoint", default=None, callback=_check_bus_endpoint,
                             help="ZeroMQ PUB endpoint to publish alerts on, e.g. tcp://127.0.0.1:5556 (default: store only).")(function)
     function = click.option("--json", "as_json", is_flag=True, help="Print alerts as JSON lines.")(function)
     function = click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
                             help="SQLite store (default: $WARDWATCH_STORE or wardwatch.db).")(function)
     return function
+
+
+def _check_bus_endpoint(ctx, param, value):
+    # Checked before reading any log: ingest commits records before it
+    # publishes, so a bad endpoint found then would lose their alerts.
+    from engine.alerts.config import check_endpoint
+
+    if value is None:
+        return None
+    try:
+        return check_endpoint(value, bind=True)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
 
 
 def _load_common(config_path, key_file, show_usernames):
@@ -90,9 +103,12 @@ def logins():
               help="Log format; auto tells syslog, journald export/JSON and Windows JSON apart (EHR needs 'ehr').")
 @click.option("--mapping", type=click.Path(exists=True, dir_okay=False),
               help="Column mapping TOML file for EHR audit logs.")
-@click.option("--year", type=int, default=None,
+# Both ranges keep every timestamp within what a datetime can hold: years 1
+# to 9999 and a UTC offset under 24 hours. The year stops at 9998 because a
+# log that passes December continues into the next year.
+@click.option("--year", type=click.IntRange(1970, 9998), default=None,
               help="Year of BSD syslog timestamps, which carry none (default: from the file's modification time).")
-@click.option("--utc-offset-min", type=int, default=0, show_default=True,
+@click.option("--utc-offset-min", type=click.IntRange(-1439, 1439), default=0, show_default=True,
               help="Offset of BSD syslog local time from UTC, in minutes.")
 @click.option("--wait-for-newline", is_flag=True,
               help="Leave a last line without a newline for the next run (for files still being written).")

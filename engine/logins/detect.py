@@ -163,7 +163,7 @@ def load_config(path: str | Path | None) -> DetectionConfig:
     with open(path, "rb") as handle:
         try:
             table = tomllib.load(handle).get("logins", {})
-        except tomllib.TOMLDecodeError as error:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"invalid configuration file {path}: {error}") from None
     known = set(DetectionConfig.__dataclass_fields__)
     unknown = set(table) - known

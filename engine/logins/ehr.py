@@ -63,6 +63,9 @@ class ColumnMapping:
     failure_actions: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        not_text = sorted(name for name, column in self.columns.items() if not isinstance(column, str))
+        if not_text:
+            raise ValueError(f"column mapping values must be column names (strings): {', '.join(not_text)}")
         missing = [name for name in REQUIRED_COLUMNS if not self.columns.get(name)]
         if missing:
             raise ValueError(
@@ -84,10 +87,17 @@ class ColumnMapping:
         try:
             with open(path, "rb") as handle:
                 document = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as error:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"invalid column mapping file {path}: {error}") from None
+        for section in ("columns", "time", "actions"):
+            if not isinstance(document.get(section, {}), dict):
+                raise ValueError(f"invalid column mapping file {path}: {section} must be a [{section}] table")
         time_section = document.get("time", {})
         actions = document.get("actions", {})
+        for kind in ("logon", "logoff", "failure"):
+            names = actions.get(kind, [])
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                raise ValueError(f"invalid column mapping file {path}: actions.{kind} must be a list of strings")
         return cls(
             columns=dict(document.get("columns", {})),
             format=document.get("format", "csv"),

@@ -21,11 +21,13 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from stat import S_ISREG
 
 from engine.logins import authlog, storage
 from engine.logins.ehr import ColumnMapping, parse_ehr_audit
 from engine.logins.records import SOURCE_JOURNALD, SOURCE_SYSLOG, LoginRecord
 from engine.logins.windows import parse_windows_events
+from engine.store import path_text
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,9 @@ def file_identity(path: str, unterminated_ok: bool = False) -> tuple[os.stat_res
     With unterminated_ok, a non-empty file without a newline counts as one
     whole line. A one-line file written in one go has none, for example a
     JSON array from `ConvertTo-Json -Compress`.
+    NOTE: if that first line grows later, its hash changes and the file is
+    read again from the start, storing its records twice. Files still being
+    written need --wait-for-newline (unterminated_ok False).
     """
     with open(path, "rb") as handle:
         stat = os.fstat(handle.fileno())
@@ -131,6 +136,10 @@ def _find_rotated(path: str, device: int, inode: int) -> str | None:
 def ingest_file(conn: sqlite3.Connection, path: str, options: IngestOptions) -> IngestResult:
     """Read what is new in `path` (and in its rotated predecessor) into login_records."""
     path = os.path.abspath(path)
+    # Checkpoints are byte offsets into a file that is opened twice, so a
+    # pipe would lose the bytes of the first read and then block forever.
+    if not S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path} is not a regular file; save the log to a file and ingest that")
     result = IngestResult(path=path)
     identity = file_identity(path, unterminated_ok=options.final)
     checkpoint = storage.load_checkpoint(conn, path)
@@ -151,7 +160,7 @@ def ingest_file(conn: sqlite3.Connection, path: str, options: IngestOptions) -> 
         checkpoint = None
         if identity is not None:
             with conn:
-                conn.execute("DELETE FROM login_checkpoints WHERE path = ?", (path,))
+                conn.execute("DELETE FROM login_checkpoints WHERE path = ?", (path_text(path),))
 
     if identity is None:
         return result
@@ -247,16 +256,19 @@ def _parse_chunk(data, fmt, checkpoint, options, path, final, result):
             max_malformed=MAX_MALFORMED_LISTED, ignored_services=options.ignored_services,
         )
         checkpoint.year, checkpoint.previous_month = scan.year, scan.previous_month
-        _count_malformed(result, path, scan.malformed_lines.tolist())
+        malformed_lines = scan.malformed_lines.tolist()
+        if fmt != "syslog":
+            # Journald line numbers count entries, and the malformed ones were
+            # dropped from `lines`: renumber so line_no is the entry number.
+            skipped = set(malformed_entries)
+            valid_entries = [n for n in range(1, entries + 1) if n not in skipped]
+            malformed_lines = [first - 1 + valid_entries[n - first] for n in malformed_lines]
+        _count_malformed(result, path, malformed_lines)
         result.malformed += scan.counters["malformed"] - len(scan.malformed_lines)
         result.ignored += scan.counters["ignored"] + scan.counters["ignored_services"]
         records = scan.records(origin=origin, source=source)
         if fmt == "syslog":
             return records, scan.consumed, scan.counters["lines"]
-        # Journald line numbers count entries, and the malformed ones were
-        # dropped from `lines`: renumber so line_no is the entry number.
-        skipped = set(malformed_entries)
-        valid_entries = [n for n in range(1, entries + 1) if n not in skipped]
         for record in records:
             record.line_no = first - 1 + valid_entries[record.line_no - first]
         return records, consumed, entries

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from engine.logins.records import RECORD_FIELDS, LoginRecord
+from engine.store import path_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS login_records (
@@ -172,7 +173,7 @@ def load_checkpoint(conn: sqlite3.Connection, path: str) -> Checkpoint | None:
     row = conn.execute(
         "SELECT path, device, inode, first_line_sha256, offset, line_no, year, previous_month, header"
         " FROM login_checkpoints WHERE path = ?",
-        (path,),
+        (path_text(path),),
     ).fetchone()
     if row is None:
         return None
@@ -185,7 +186,7 @@ def save_checkpoint(conn: sqlite3.Connection, checkpoint: Checkpoint) -> None:
         "INSERT OR REPLACE INTO login_checkpoints (path, device, inode, first_line_sha256, offset,"
         " line_no, year, previous_month, header, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            checkpoint.path,
+            path_text(checkpoint.path),
             checkpoint.device,
             checkpoint.inode,
             checkpoint.first_line_sha256,

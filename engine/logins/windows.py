@@ -87,7 +87,11 @@ def parse_windows_events(
         try:
             items = json.loads(stripped)
         except ValueError as error:
-            raise ValueError(f"invalid JSON array of Windows events in {origin}: {error}") from None
+            # The caller names the file: origin is an internal file identity.
+            raise ValueError(f"invalid JSON array of Windows events: {error}") from None
+        except RecursionError:
+            # json raises RecursionError, not ValueError, on deep nesting.
+            raise ValueError("invalid JSON array of Windows events: nested too deeply to be an event list") from None
         numbered = list(enumerate(items, start=first_line_no))
     else:
         numbered = []
@@ -96,7 +100,7 @@ def parse_windows_events(
                 continue
             try:
                 numbered.append((first_line_no + offset, json.loads(raw)))
-            except ValueError:
+            except (ValueError, RecursionError):
                 numbered.append((first_line_no + offset, None))
     for line_no, item in numbered:
         outcome = _event_to_record(item, line_no, origin)
