@@ -16,6 +16,7 @@ from engine.flows.table import (
     DEFAULT_CAPACITY,
     DEFAULT_IDLE_TIMEOUT_S,
     MAX_CAPACITY,
+    MAX_TIMEOUT_S,
 )
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -56,6 +57,10 @@ def _output_format(path: str) -> str:
     return OUTPUT_FORMATS[suffix]
 
 
+# Flows converted to dicts and written at a time at the end of input.
+WRITE_SLICE_FLOWS = 8192
+
+
 @click.command("flows")
 @click.argument("captures", nargs=-1, required=True)
 @click.option(
@@ -63,12 +68,12 @@ def _output_format(path: str) -> str:
     help="Write flow records to FILE: JSON lines for .jsonl, CSV for .csv. Default: JSON lines on stdout.",
 )
 @click.option(
-    "--idle-timeout", "idle_timeout_s", type=click.FloatRange(min=0, min_open=True),
+    "--idle-timeout", "idle_timeout_s", type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT_S),
     default=DEFAULT_IDLE_TIMEOUT_S, show_default=True,
     help="End a flow after this many seconds of capture time without packets.",
 )
 @click.option(
-    "--active-timeout", "active_timeout_s", type=click.FloatRange(min=0, min_open=True),
+    "--active-timeout", "active_timeout_s", type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT_S),
     default=DEFAULT_ACTIVE_TIMEOUT_S, show_default=True,
     help="End a flow that has lasted this many seconds; later packets start a new flow.",
 )
@@ -96,18 +101,27 @@ def flows_command(captures, output, idle_timeout_s, active_timeout_s, capacity, 
     from engine.flows import FlowTable, flows_to_records
 
     output_format = _output_format(output) if output else "jsonl"
-    table = FlowTable(
-        capacity=capacity,
-        idle_timeout_s=idle_timeout_s,
-        active_timeout_s=active_timeout_s,
-        community_id_seed=community_id_seed,
-    )
+    try:
+        table = FlowTable(
+            capacity=capacity,
+            idle_timeout_s=idle_timeout_s,
+            active_timeout_s=active_timeout_s,
+            community_id_seed=community_id_seed,
+        )
+    except ValueError as error:
+        # Click's FloatRange lets nan through, and FlowTable rejects it.
+        raise click.BadParameter(str(error)) from error
+    except MemoryError as error:
+        raise click.ClickException(str(error)) from error
     counters = new_anomaly_counters()
     capture_stats: dict[str, int] = {}
     failure = None
     started = time.perf_counter()
 
-    stream = open(output, "w", newline="") if output else sys.stdout
+    try:
+        stream = open(output, "w", newline="") if output else sys.stdout
+    except OSError as error:
+        raise click.FileError(output, hint=error.strerror) from error
     try:
         writer = FlowWriter(stream, output_format)
         for capture in captures:
@@ -119,7 +133,11 @@ def flows_command(captures, output, idle_timeout_s, active_timeout_s, capacity, 
             except (CaptureError, OSError) as error:
                 failure = f"cannot read capture {capture}: {error}"
                 break
-        writer.write(flows_to_records(table.flush()))
+        # The table may hold up to --capacity live flows, and one dict per
+        # flow costs kilobytes, so the flushed flows are converted in slices.
+        flushed = table.flush()
+        for start in range(0, flushed.shape[0], WRITE_SLICE_FLOWS):
+            writer.write(flows_to_records(flushed[start : start + WRITE_SLICE_FLOWS]))
     finally:
         if output:
             stream.close()

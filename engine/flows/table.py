@@ -17,6 +17,9 @@ DEFAULT_CAPACITY = 1 << 20
 DEFAULT_IDLE_TIMEOUT_S = 120.0
 DEFAULT_ACTIVE_TIMEOUT_S = 1800.0
 MAX_CAPACITY = (1 << 31) - 1
+# The kernel keeps timeouts as int64 nanoseconds, so about 292 years is the
+# largest timeout it can hold; a larger one (or inf) would overflow.
+MAX_TIMEOUT_S = float((2**63 - 1) // 10**9)
 # Repeated overload warnings are logged at most this often (wall clock).
 WARNING_INTERVAL_S = 60.0
 
@@ -46,10 +49,14 @@ class FlowTable:
     ):
         if not isinstance(capacity, (int, np.integer)) or not 1 <= capacity <= MAX_CAPACITY:
             raise ValueError(f"invalid capacity {capacity!r}; expected an integer from 1 to {MAX_CAPACITY}")
-        if not idle_timeout_s > 0:
-            raise ValueError(f"invalid idle_timeout_s {idle_timeout_s!r}; expected seconds > 0")
-        if not active_timeout_s > 0:
-            raise ValueError(f"invalid active_timeout_s {active_timeout_s!r}; expected seconds > 0")
+        if not 0 < idle_timeout_s <= MAX_TIMEOUT_S:
+            raise ValueError(
+                f"invalid idle_timeout_s {idle_timeout_s!r}; expected seconds > 0 and at most {MAX_TIMEOUT_S:.0f}"
+            )
+        if not 0 < active_timeout_s <= MAX_TIMEOUT_S:
+            raise ValueError(
+                f"invalid active_timeout_s {active_timeout_s!r}; expected seconds > 0 and at most {MAX_TIMEOUT_S:.0f}"
+            )
         if not isinstance(community_id_seed, (int, np.integer)) or not 0 <= community_id_seed <= 0xFFFF:
             raise ValueError(
                 f"invalid community_id_seed {community_id_seed!r}; expected an integer from 0 to 65535"
