@@ -46,11 +46,20 @@ def generate_key_file(path: str | os.PathLike) -> Path:
     return path
 
 
+# Bytes read from a key file at most; a generated file has 2 * KEY_BYTES + 1.
+MAX_KEY_FILE_BYTES = 4096
+
+
 def load_key_file(path: str | os.PathLike) -> bytes:
     """Read a key written by generate_key_file; raise ValueError if it is malformed."""
-    text = Path(path).read_text(encoding="ascii").strip()
+    # A key file is one line of hex. The read is bounded because the path
+    # may name a device such as /dev/zero.
+    with open(path, "rb") as handle:
+        content = handle.read(MAX_KEY_FILE_BYTES + 1)
     try:
-        key = bytes.fromhex(text)
+        if len(content) > MAX_KEY_FILE_BYTES:
+            raise ValueError("key file too long")
+        key = bytes.fromhex(content.decode("ascii").strip())
     except ValueError:
         raise ValueError(
             f"invalid pseudonymization key file {path}: expected {KEY_BYTES * 2} hex digits;"

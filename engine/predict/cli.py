@@ -44,20 +44,30 @@ def _load_events(store_path, labels_path):
         conn.close()
 
 
+# --now must leave room for the forecast horizon (at most 14 days) before
+# the last date Python can print, 9999-12-31.
+EARLIEST_TIME_S = 0.0
+LATEST_TIME_S = datetime.datetime(9999, 12, 1, tzinfo=datetime.timezone.utc).timestamp()
+
+
 def _parse_time(value):
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        moment = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"invalid time {value!r}; expected epoch seconds or ISO 8601 (UTC)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
+        try:
+            moment = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise click.BadParameter(f"invalid time {value!r}; expected epoch seconds or ISO 8601 (UTC)") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        seconds = moment.timestamp()
+    if not EARLIEST_TIME_S <= seconds <= LATEST_TIME_S:
+        raise click.BadParameter(
+            f"invalid time {value!r}; expected a time from 1970-01-01 to 9999-12-01 UTC"
+        )
+    return seconds
 
 
 def _source_options(function):

@@ -87,7 +87,13 @@ def respond(ctx, playbook_path, policy_path, connect, replay, store_path, apply_
             commands.close()
         raise click.ClickException(str(error)) from None
 
-    subscriber = GapFillingSubscriber(list(connect), topics=list(topics) or None, replay=list(replay))
+    try:
+        subscriber = GapFillingSubscriber(list(connect), topics=list(topics) or None, replay=list(replay))
+    except ValueError as error:
+        if commands is not None:
+            commands.close()
+        conn.close()
+        raise click.BadParameter(str(error)) from error
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     mode = "DRY RUN: nothing will be changed" if dry_run else "ENFORCING"

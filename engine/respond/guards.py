@@ -84,7 +84,8 @@ def load_policy(path: str | Path | None, roles: tuple[str, ...]) -> LifeCritical
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise PlaybookError(f"policy file {path} not found; pass --policy FILE listing life-critical assets") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        # TOML files are UTF-8, and tomllib raises UnicodeDecodeError on other bytes.
         raise PlaybookError(f"{path}: invalid TOML ({error})") from None
     unknown = sorted(set(data) - {"asset", "roles"})
     if unknown:

@@ -108,6 +108,8 @@ def _string_list(value: Any, key: str, where: str) -> tuple[str, ...]:
 
 
 def _check_keys(table: dict, allowed: set[str], where: str) -> None:
+    if not isinstance(table, dict):
+        raise PlaybookError(f"{where}: expected a table, got {type(table).__name__} {table!r}")
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise PlaybookError(f"{where}: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(allowed))}")
@@ -271,6 +273,7 @@ def load_playbook(path: str | Path) -> Playbook:
     except FileNotFoundError:
         raise PlaybookError(f"playbook {path} not found; pass --playbook FILE "
                             "(engine/data/playbook.example.toml is a starting point)") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        # TOML files are UTF-8, and tomllib raises UnicodeDecodeError on other bytes.
         raise PlaybookError(f"{path}: invalid TOML ({error})") from None
     return parse_playbook(data, str(path))

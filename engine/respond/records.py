@@ -119,7 +119,8 @@ def list_actions(conn: sqlite3.Connection, status: str | None = None, limit: int
         query += " WHERE status = ?"
         parameters.append(status)
     query += " ORDER BY created_at DESC LIMIT ?"
-    parameters.append(limit)
+    # SQLite integers are signed 64-bit; a larger limit means no limit.
+    parameters.append(min(limit, 2**63 - 1))
     return [_from_row(row) for row in conn.execute(query, parameters)]
 
 
