@@ -10,7 +10,7 @@ At each flush the rows become NumPy columns, are sorted by time, and all
 headers are filled in at once from the flow table. IPv4 header checksums and
 TCP/UDP checksums (RFC 791, RFC 793 and RFC 768 one's-complement sums with
 the pseudo-header) are computed column-wise, except the payload part of
-each checksum and the payload copy, which are Numba loops (kernels.py).
+each checksum and the payload copy, which are compiled loops (kernels.py).
 
 Output is classic pcap (microsecond timestamps, LINKTYPE_ETHERNET, snaplen
 65535), written in time order; frames are not padded to 60 bytes.
