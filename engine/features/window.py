@@ -1,0 +1,165 @@
+"""Damped window statistics per source host, host pair, socket pair and service.
+
+WindowFeatures owns the bounded tables. update() hands each packet batch to
+the compiled kernel in engine.features.kernels, and query() reads the
+window features of given (source, destination, ports, protocol) rows at
+given times. See that module for the statistics and the eviction rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from engine.decode.layout import PACKET_DTYPE
+from engine.features import kernels
+from engine.features.schema import HALF_LIVES_S, WINDOW_FEATURES_PER_HALF_LIFE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY = 1 << 16
+_ADDRESS_DTYPE = np.dtype(("u1", (16,)))
+
+
+def _check_capacity(name: str, value: int) -> int:
+    if value < kernels.MAX_PROBE or value & (value - 1):
+        raise ValueError(
+            f"invalid {name} {value}: expected a power of two of at least {kernels.MAX_PROBE}"
+        )
+    return int(value)
+
+
+class WindowFeatures:
+    """Bounded tables of damped statistics, updated per packet batch.
+
+    Each table contains at most `capacity` keys (hosts, host pairs, socket
+    pairs and services each have their own table of that size). A new key
+    that finds all MAX_PROBE slots of its probe window taken evicts the
+    least recently active of them; `counters` counts the evictions per
+    table. Memory is about 850 bytes per capacity unit with the four
+    default half-lives, so the default 65536 takes about 55 MB.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, half_lives_s=HALF_LIVES_S):
+        capacity = _check_capacity("capacity", capacity)
+        half_lives = np.asarray(half_lives_s, dtype=np.float64)
+        if half_lives.ndim != 1 or half_lives.size == 0 or not np.all(half_lives > 0):
+            raise ValueError(f"invalid half_lives_s {half_lives_s!r}: expected positive seconds")
+        self.capacity = capacity
+        self.half_lives_s = half_lives
+        self.decay_rates = math.log(2.0) / half_lives
+        windows = half_lives.size
+        words = kernels.KEY_WORDS
+
+        self.host_keys = np.zeros((capacity, words), dtype=np.uint64)
+        self.host_used = np.zeros(capacity, dtype=np.uint8)
+        self.host_time = np.zeros(capacity, dtype=np.float64)
+        self.host_last_sent = np.full(capacity, np.nan)
+        self.host_stats = np.zeros((capacity, windows, kernels.HOST_FIELDS))
+
+        self.pair_keys = np.zeros((capacity, words), dtype=np.uint64)
+        self.pair_used = np.zeros(capacity, dtype=np.uint8)
+        self.pair_time = np.zeros(capacity, dtype=np.float64)
+        self.pair_last_seen = np.full((capacity, 2), -np.inf)
+        self.pair_stats = np.zeros((capacity, windows, kernels.PAIR_FIELDS))
+
+        self.sock_keys = np.zeros((capacity, words), dtype=np.uint64)
+        self.sock_used = np.zeros(capacity, dtype=np.uint8)
+        self.sock_time = np.zeros(capacity, dtype=np.float64)
+        self.sock_stats = np.zeros((capacity, windows, kernels.PAIR_FIELDS))
+
+        self.service_keys = np.zeros((capacity, words), dtype=np.uint64)
+        self.service_used = np.zeros(capacity, dtype=np.uint8)
+        self.service_time = np.zeros(capacity, dtype=np.float64)
+
+        self.counters = np.zeros(len(kernels.COUNTER_NAMES), dtype=np.int64)
+        self.base_ns: int | None = None
+        self._logged_evictions = 0
+
+    @property
+    def feature_count(self) -> int:
+        return self.half_lives_s.size * WINDOW_FEATURES_PER_HALF_LIFE
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters by name: packets added, skipped, and evictions per table."""
+        return {name: int(value) for name, value in zip(kernels.COUNTER_NAMES, self.counters)}
+
+    def update(self, packets: np.ndarray, data=None) -> None:
+        """Add a batch of decoded packets (PACKET_DTYPE) to the tables, in order.
+
+        `data` (the payload buffer) is accepted for symmetry with the other
+        batch stages and not read: the statistics use headers only.
+        """
+        if not isinstance(packets, np.ndarray) or packets.dtype != PACKET_DTYPE:
+            actual = getattr(packets, "dtype", type(packets).__name__)
+            raise TypeError(f"invalid packets: expected a PACKET_DTYPE array, got {actual}")
+        if packets.ndim != 1:
+            raise ValueError(f"invalid packets: expected 1 dimension, got shape {packets.shape}")
+        if packets.size == 0:
+            return
+        if self.base_ns is None:
+            self.base_ns = int(packets["ts_ns"][0])
+        kernels.update_tables(
+            packets["ts_ns"], packets["wirelen"], packets["ip_version"], packets["status"],
+            packets["src_addr"], packets["dst_addr"], packets["src_port"], packets["dst_port"],
+            packets["ip_proto"], packets["tcp_flags"],
+            np.int64(self.base_ns), self.half_lives_s, self.decay_rates,
+            self.host_keys, self.host_used, self.host_time, self.host_last_sent, self.host_stats,
+            self.pair_keys, self.pair_used, self.pair_time, self.pair_last_seen, self.pair_stats,
+            self.sock_keys, self.sock_used, self.sock_time, self.sock_stats,
+            self.service_keys, self.service_used, self.service_time,
+            self.counters,
+        )
+        self._log_evictions()
+
+    def _log_evictions(self) -> None:
+        # One warning per tenfold rise, so a full table cannot flood the log.
+        evicted = int(self.counters[kernels.C_HOST_EVICTED:].sum())
+        if evicted == 0:
+            return
+        if self._logged_evictions == 0 or evicted >= 10 * self._logged_evictions:
+            log.warning(
+                "window tables full: %d keys evicted so far (%s); raise capacity above %d",
+                evicted, self.stats, self.capacity,
+            )
+            self._logged_evictions = evicted
+
+    def query(self, src_addr, dst_addr, src_port, dst_port, protocol, at_ns, out=None, first_column=0):
+        """Return float64 window features [rows, feature_count] for each key row at at_ns.
+
+        Addresses are [rows, 16] uint8 in the packet layout. With `out`, the
+        features are written into out[:, first_column:first_column + feature_count].
+        """
+        src_addr = np.asarray(src_addr)
+        dst_addr = np.asarray(dst_addr)
+        rows = src_addr.shape[0]
+        for name, array in (("src_addr", src_addr), ("dst_addr", dst_addr)):
+            if array.dtype != np.uint8 or array.shape != (rows, 16):
+                raise ValueError(
+                    f"invalid {name}: expected uint8 of shape ({rows}, 16), got {array.dtype} {array.shape}"
+                )
+        columns = self.feature_count
+        if out is None:
+            out = np.zeros((rows, columns), dtype=np.float64)
+            first_column = 0
+        elif out.shape[0] != rows or out.shape[1] < first_column + columns:
+            raise ValueError(
+                f"invalid out shape {out.shape}: expected ({rows}, >= {first_column + columns})"
+            )
+        if rows == 0:
+            return out
+        base_ns = self.base_ns if self.base_ns is not None else 0
+        kernels.query_tables(
+            src_addr, dst_addr,
+            np.asarray(src_port).astype(np.uint64), np.asarray(dst_port).astype(np.uint64),
+            np.asarray(protocol).astype(np.uint64), np.asarray(at_ns, dtype=np.int64),
+            np.int64(base_ns), self.decay_rates,
+            self.host_keys, self.host_used, self.host_time, self.host_stats,
+            self.pair_keys, self.pair_used, self.pair_time, self.pair_stats,
+            self.sock_keys, self.sock_used, self.sock_time, self.sock_stats,
+            out, first_column,
+        )
+        return out
