@@ -1,0 +1,1 @@
+"""Live capture: `wardwatch run`, its capture workers and the privilege drop."""
