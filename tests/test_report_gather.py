@@ -374,4 +374,5 @@ def test_cli_store_not_sqlite(tmp_path):
     store.write_bytes(b"this is not an SQLite database" * 100)
     result = CliRunner().invoke(main, ["report", "--store", str(store), "-o", str(tmp_path / "r.html")])
     assert result.exit_code == 1
-    assert "failed to read store" in result.output
+    assert f"cannot open store {store}" in result.output
+    assert "file is not a database" in result.output
