@@ -1,7 +1,7 @@
 """Base severity and recommended action per alert category.
 
-Severity rises with the model's confidence and the size of what was seen
-(see engine.analyze.alerts.severity_for); this table is the starting point.
+This table is the starting point: engine.analyze.alerts.severity_for lowers
+the severity of a detection the model is unsure of.
 """
 
 BASE_SEVERITY = {

@@ -1,7 +1,7 @@
 """`wardwatch analyze`: run the whole pipeline over capture files.
 
 Exit codes: 0 success; 1 a capture, the model, the store or the bus could
-not be used (the message says which); 2 usage error.
+not be used (the message names which); 2 usage error.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """One analysis pipeline for capture files and live capture.
 
-Per batch: decode in place, update the flow table (which tags each packet
-with its flow), update the window statistics, run the ARP rules, then score
-the flows that ended: the model's class probabilities and anomaly score, and
-the threshold rules. Long flows are scored before they end, from snapshots
+Per batch, the pipeline decodes in place and updates the flow table, which
+tags each packet with its flow. It then updates the window statistics, runs
+the ARP rules and scores the flows that ended with the model (class
+probabilities and anomaly score) and the threshold rules. Long flows are scored before they end, from snapshots
 taken every `interim_interval_s` of capture time. Everything before scoring
 runs in compiled kernels over the whole batch; Python sees ended flows and
 detections only.

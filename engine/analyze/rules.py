@@ -1,10 +1,11 @@
 """Threshold rules over ended flows and ARP packets.
 
-The model learns from simulated hospital traffic; these rules catch the
-classic shapes of an attack in any traffic, the way Zeek's scan and
-brute-force policies do: a source that fails to connect to many ports or
-hosts, many short logins to one service, half-open connections piling up on
-one target, long DNS queries, ARP replies that move an address to a new MAC.
+The model learns from simulated hospital traffic. These rules catch the
+classic shapes of an attack in any traffic, in the spirit of Zeek's scan and
+brute-force policies. The shapes are a source that fails to connect to many
+ports or hosts, many short logins to one service, half-open connections
+piling up on one target, long DNS queries, and ARP replies that move an
+address to a new MAC.
 
 Rules see ended flows in batches (numpy masks pick the candidate flows) and
 keep per-key state in bounded tables: each table holds at most
