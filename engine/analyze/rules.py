@@ -147,6 +147,32 @@ def _address(raw: np.ndarray, version: int) -> str:
     return str(ipaddress.IPv6Address(raw))
 
 
+@dataclass
+class _FlowView:
+    """The fields of one flow record that the rules key on, as Python values."""
+
+    src: str
+    dst: str
+    src_port: int
+    dst_port: int
+    when: float  # capture time of the flow's last packet, seconds
+    flow_id: int
+    protocol: str
+
+
+def _flow_view(flow) -> _FlowView:
+    version = int(flow["ip_version"])
+    return _FlowView(
+        _address(flow["src_addr"], version),
+        _address(flow["dst_addr"], version),
+        int(flow["src_port"]),
+        int(flow["dst_port"]),
+        flow["bidirectional_last_seen_ns"] / 1e9,
+        int(flow["flow_id"]),
+        _protocol_name(flow["ip_proto"]),
+    )
+
+
 def _protocol_name(proto: int) -> str:
     return {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(int(proto), str(int(proto)))
 
@@ -208,18 +234,13 @@ class FlowRules:
         )
         hits = []
         for row in np.flatnonzero(failed):
-            flow = flows[row]
-            version = int(flow["ip_version"])
-            src = _address(flow["src_addr"], version)
-            dst = _address(flow["dst_addr"], version)
-            port = int(flow["dst_port"])
-            when = flow["bidirectional_last_seen_ns"] / 1e9
-            flow_id = int(flow["flow_id"])
+            view = _flow_view(flows[row])
+            src, dst, port, when, flow_id = view.src, view.dst, view.dst_port, view.when, view.flow_id
             entry = self.port_scan.add((src, dst), port, when, flow_id)
             if not entry["fired"] and len(entry["items"]) >= c.scan_ports_per_host:
                 entry["fired"] = True
                 hits.append(RuleHit(
-                    "port_scan", "port_scan", src, dst, None, _protocol_name(flow["ip_proto"]),
+                    "port_scan", "port_scan", src, dst, None, view.protocol,
                     entry["start"], entry["last"], list(entry["flow_ids"]),
                     {"distinct_ports": len(entry["items"]), "window_s": c.scan_window_s},
                     f"{src} probed {len(entry['items'])} ports of {dst} without getting a service",
@@ -228,7 +249,7 @@ class FlowRules:
             if not entry["fired"] and len(entry["items"]) >= c.sweep_hosts:
                 entry["fired"] = True
                 hits.append(RuleHit(
-                    "host_sweep", "host_sweep", src, None, port, _protocol_name(flow["ip_proto"]),
+                    "host_sweep", "host_sweep", src, None, port, view.protocol,
                     entry["start"], entry["last"], list(entry["flow_ids"]),
                     {"distinct_hosts": len(entry["items"]), "port": port, "window_s": c.scan_window_s},
                     f"{src} tried port {port} on {len(entry['items'])} hosts that did not answer",
@@ -251,13 +272,9 @@ class FlowRules:
         )
         hits = []
         for row in np.flatnonzero(candidate):
-            flow = flows[row]
-            version = int(flow["ip_version"])
-            src = _address(flow["src_addr"], version)
-            dst = _address(flow["dst_addr"], version)
-            port = int(flow["dst_port"])
-            when = flow["bidirectional_last_seen_ns"] / 1e9
-            entry = self.bruteforce.add((src, dst, port), int(flow["src_port"]), when, int(flow["flow_id"]))
+            view = _flow_view(flows[row])
+            src, dst, port = view.src, view.dst, view.dst_port
+            entry = self.bruteforce.add((src, dst, port), view.src_port, view.when, view.flow_id)
             if not entry["fired"] and len(entry["items"]) >= c.bruteforce_sessions:
                 entry["fired"] = True
                 hits.append(RuleHit(
@@ -316,18 +333,16 @@ class FlowRules:
         hits = []
         for row in np.flatnonzero(dns):
             flow = flows[row]
-            version = int(flow["ip_version"])
-            src = _address(flow["src_addr"], version)
-            dst = _address(flow["dst_addr"], version)
-            when = flow["bidirectional_last_seen_ns"] / 1e9
-            entry = self.dns.add((src, dst), None, when, int(flow["flow_id"]))
+            view = _flow_view(flow)
+            src, dst = view.src, view.dst
+            entry = self.dns.add((src, dst), None, view.when, view.flow_id)
             entry["queries"] = entry.get("queries", 0) + int(flow["src2dst_packets"])
             entry["query_bytes"] = entry.get("query_bytes", 0) + int(flow["src2dst_payload_bytes"])
             mean = entry["query_bytes"] / max(entry["queries"], 1)
             if not entry["fired"] and entry["queries"] >= c.dns_queries and mean >= c.dns_mean_query_bytes:
                 entry["fired"] = True
                 hits.append(RuleHit(
-                    "dns_tunnel", "dns_tunnel", src, dst, 53, _protocol_name(flow["ip_proto"]),
+                    "dns_tunnel", "dns_tunnel", src, dst, 53, view.protocol,
                     entry["start"], entry["last"], list(entry["flow_ids"]),
                     {"queries": entry["queries"], "mean_query_payload_bytes": round(mean, 1),
                      "window_s": c.dns_window_s},
@@ -346,11 +361,9 @@ class FlowRules:
         hits = []
         for row in np.flatnonzero(reflected):
             flow = flows[row]
-            version = int(flow["ip_version"])
-            reflector = _address(flow["src_addr"], version)
-            target = _address(flow["dst_addr"], version)
-            when = flow["bidirectional_last_seen_ns"] / 1e9
-            entry = self.reflection.add(target, reflector, when, int(flow["flow_id"]))
+            view = _flow_view(flow)
+            reflector, target = view.src, view.dst
+            entry = self.reflection.add(target, reflector, view.when, view.flow_id)
             entry["responses"] = entry.get("responses", 0) + int(flow["src2dst_packets"])
             entry["bytes"] = entry.get("bytes", 0) + int(flow["src2dst_bytes"])
             if (not entry["fired"] and entry["responses"] >= c.reflection_responses
