@@ -36,7 +36,7 @@ CLASSES = 8
 
 
 def best_rate(function, items, repeats=3):
-    function()  # warm up: JIT load and caches
+    function()  # warm up: CPU caches and page faults of the tables
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()

@@ -166,3 +166,24 @@ def test_tree_arrays_reject_bad_index(field, value, message):
     setattr(trees, field, value)
     with pytest.raises(ValueError, match=message):
         trees.validate()
+
+
+def test_scorer_strided_input_matches(booster):
+    # A column slice of a Fortran-ordered matrix is neither C-contiguous
+    # nor float32; the wrapper must copy it, not misread its strides.
+    trees, outputs = trees_from_lightgbm(booster)
+    X, _ = synthetic_rows(6, 1_000)
+    wide = np.asfortranarray(np.hstack([X, X]).astype(np.float64))[:, :FEATURES]
+    assert not wide.flags.c_contiguous
+    assert np.max(np.abs(score(trees, wide, outputs) - booster.predict(X, raw_score=True))) <= 1e-6
+
+
+def test_scorer_empty_and_partial_blocks(booster):
+    # 0 rows, and row counts around the kernel's 64-row block, give the
+    # same scores as one row at a time.
+    trees, outputs = trees_from_lightgbm(booster)
+    assert score(trees, np.zeros((0, FEATURES), dtype=np.float32), outputs).shape == (0, outputs)
+    X, _ = synthetic_rows(7, 130)
+    one_by_one = np.vstack([score(trees, X[row:row + 1], outputs) for row in range(X.shape[0])])
+    for rows in (1, 63, 64, 65, 130):
+        assert np.array_equal(score(trees, X[:rows], outputs), one_by_one[:rows])

@@ -1,6 +1,8 @@
 """Window-feature kernels against slow references written from the definitions."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -276,3 +278,42 @@ def test_fan_columns_follow_schema():
 def test_features_doc_in_sync():
     doc = (REPO_ROOT / "docs" / "features.md").read_text(encoding="utf-8")
     assert doc == render_markdown(), "regenerate with: python -m engine.features.schema > docs/features.md"
+
+
+def test_window_rejects_too_many_half_lives():
+    with pytest.raises(ValueError, match="at most 16"):
+        WindowFeatures(capacity=64, half_lives_s=[float(i + 1) for i in range(17)])
+
+
+def test_window_weight_with_equal_gaps():
+    # 50 packets from one source every 20 ms: every update decays by the
+    # same gap, so the kernel reuses its decay factors. At the last packet
+    # the source weight is the geometric sum of 2^(-j * gap / half_life).
+    gap_s = 0.02
+    count = 50
+    rows = [(j * gap_s, 1, 2, 1000, 80, UDP, 100, 0) for j in range(count)]
+    windows = WindowFeatures(capacity=64)
+    windows.update(make_packets(rows))
+    features = query_one(windows, 1, 2, 1000, 80, UDP, (count - 1) * gap_s)
+    for k, half_life_s in enumerate(HALF_LIVES_S):
+        expected = sum(2.0 ** (-j * gap_s / half_life_s) for j in range(count))
+        assert features[k * OUT_PER_WINDOW + OUT_SRC_HOST] == pytest.approx(expected, rel=1e-9)
+
+
+def test_window_import_leaves_numba_unloaded():
+    # The features and the model run on compiled extensions, so starting
+    # `wardwatch analyze` must not pay for importing numba.
+    code = (
+        "import sys, engine.features.matrix, engine.features.window, engine.detect.model; "
+        "sys.exit(1 if 'numba' in sys.modules else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_window_query_rejects_float32_out():
+    windows = WindowFeatures(capacity=64)
+    windows.update(make_packets([(0.0, 1, 2, 1000, 80, UDP, 100, 0)]))
+    out = np.zeros((1, windows.feature_count), dtype=np.float32)
+    with pytest.raises(TypeError, match="float64"):
+        windows.query(ipv4(1)[None, :], ipv4(2)[None, :], [1000], [80], [UDP], [BASE_NS], out=out)

@@ -47,6 +47,10 @@ class WindowFeatures:
         half_lives = np.asarray(half_lives_s, dtype=np.float64)
         if half_lives.ndim != 1 or half_lives.size == 0 or not np.all(half_lives > 0):
             raise ValueError(f"invalid half_lives_s {half_lives_s!r}: expected positive seconds")
+        if half_lives.size > kernels.MAX_WINDOWS:
+            raise ValueError(
+                f"invalid half_lives_s: {half_lives.size} half-lives, expected at most {kernels.MAX_WINDOWS}"
+            )
         self.capacity = capacity
         self.half_lives_s = half_lives
         self.decay_rates = math.log(2.0) / half_lives
@@ -145,10 +149,12 @@ class WindowFeatures:
         if out is None:
             out = np.zeros((rows, columns), dtype=np.float64)
             first_column = 0
-        elif out.shape[0] != rows or out.shape[1] < first_column + columns:
+        elif out.ndim != 2 or out.shape[0] != rows or out.shape[1] < first_column + columns:
             raise ValueError(
                 f"invalid out shape {out.shape}: expected ({rows}, >= {first_column + columns})"
             )
+        elif out.dtype != np.float64:
+            raise TypeError(f"invalid out dtype {out.dtype}: expected float64")
         if rows == 0:
             return out
         base_ns = self.base_ns if self.base_ns is not None else 0
