@@ -76,7 +76,7 @@ def run_mode(path: str, mode: str) -> dict:
 
         inspector = Inspector()
     pipeline = Pipeline(model, inspector=inspector)
-    # Warm the compiled kernels (Numba cache load) outside the timed part.
+    # Warm caches and first-call setup outside the timed part.
     with open_capture(path, batch_size=256) as reader:
         warm = next(iter(reader), None)
     if warm is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 import sys
@@ -50,11 +51,12 @@ def build_options(config: dict, idle_timeout, active_timeout):
             raise click.ClickException(
                 f"invalid configuration: {section} = {config[section]!r} is not a table; write it as a [{section}] section"
             )
-    try:
-        rules = RuleConfig(**config.get("rules", {}))
-        options = AnalyzeOptions(rules=rules, **config.get("analyze", {}))
-    except TypeError as error:
-        raise click.ClickException(f"invalid configuration key: {error}") from error
+    rules_table = config.get("rules", {})
+    analyze_table = config.get("analyze", {})
+    check_config_table("rules", rules_table, RuleConfig, skip=())
+    check_config_table("analyze", analyze_table, AnalyzeOptions, skip=_FLOW_TABLE_OPTIONS)
+    rules = RuleConfig(**rules_table)
+    options = AnalyzeOptions(rules=rules, **analyze_table)
     if idle_timeout is not None:
         options.idle_timeout_s = idle_timeout
     if active_timeout is not None:
@@ -63,8 +65,40 @@ def build_options(config: dict, idle_timeout, active_timeout):
     return options
 
 
+# Options that check_flow_options() validates with their own ranges.
+_FLOW_TABLE_OPTIONS = ("idle_timeout_s", "active_timeout_s", "flow_capacity", "window_capacity")
+
+
+def check_config_table(section: str, table: dict, options_class, skip: tuple[str, ...]) -> None:
+    """Raise ClickException unless each key of a [section] table names a field of `options_class`
+    and each value has the type of that field's default and is above zero.
+
+    A wrong type passes the dataclass, so without this check it fails mid-run
+    or makes a threshold that never matches.
+    """
+    fields = {item.name: item for item in dataclasses.fields(options_class) if item.name != "rules"}
+    for name, value in table.items():
+        if name not in fields:
+            raise click.ClickException(
+                f"invalid configuration key [{section}] {name}; expected one of: {', '.join(sorted(fields))}"
+            )
+        if name in skip:
+            continue
+        default = fields[name].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise click.ClickException(f"invalid [{section}] {name} {value!r}; expected true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise click.ClickException(f"invalid [{section}] {name} {value!r}; expected an integer above 0")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise click.ClickException(f"invalid [{section}] {name} {value!r}; expected a finite number above 0")
+
+
 def check_flow_options(options) -> None:
     """Raise ClickException unless the flow table settings are usable, before any capture is read."""
+    from engine.features.kernels import MAX_PROBE
     from engine.flows.table import MAX_CAPACITY
 
     for name in ("idle_timeout_s", "active_timeout_s"):
@@ -76,6 +110,17 @@ def check_flow_options(options) -> None:
     capacity = options.flow_capacity
     if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
         raise click.ClickException(f"invalid flow_capacity {capacity!r}; expected an integer from 1 to {MAX_CAPACITY}")
+    # WindowFeatures probes MAX_PROBE slots with a power-of-two mask.
+    window_capacity = options.window_capacity
+    if (
+        isinstance(window_capacity, bool)
+        or not isinstance(window_capacity, int)
+        or window_capacity < MAX_PROBE
+        or window_capacity & (window_capacity - 1)
+    ):
+        raise click.ClickException(
+            f"invalid window_capacity {window_capacity!r}; expected a power of two of at least {MAX_PROBE}"
+        )
 
 
 def build_alert_config(config: dict, sink_options: dict):

@@ -39,6 +39,17 @@ class AnalyzeOptions:
     # Anomaly detections need the model's anomaly score above its threshold
     # and, as a guard against noise, at least this many packets in the flow.
     anomaly_min_packets: int = 3
+    # A flood is many flows at one target in a short time. The model's flood
+    # verdict is kept only when the batch has at least flood_min_flows flagged
+    # flows at that destination, at flood_min_flows_per_s or faster, because
+    # one web request or a slow IPsec keep-alive can look like a flood flow.
+    flood_min_flows: int = 20
+    flood_min_flows_per_s: float = 5.0
+    # Likewise a model port scan verdict needs this many distinct ports of
+    # one target from one source in the batch, and a host sweep this many
+    # distinct targets of one source: one flow is no scan.
+    scan_min_ports: int = 5
+    sweep_min_hosts: int = 5
     rules: RuleConfig = field(default_factory=RuleConfig)
 
 
@@ -96,6 +107,20 @@ CLASS_SERVICE_PORTS = {
     "dns_tunnel": (53,),
 }
 
+# Network floods: a model verdict of one of these needs volume at the
+# target too (AnalyzeOptions.flood_min_flows, flood_min_flows_per_s).
+FLOOD_CLASSES = ("syn_flood", "udp_flood")
+
+
+def _distinct_per_group(group_keys: np.ndarray, item_keys: np.ndarray) -> np.ndarray:
+    """Return, per row, how many distinct item keys share the row's group key (uint8 key rows)."""
+    width = group_keys.shape[1]
+    distinct_pairs = np.unique(np.concatenate([group_keys, item_keys], axis=1), axis=0)
+    # Both np.unique calls sort the same group keys, so the counts line up with row_group.
+    _, items_per_group = np.unique(distinct_pairs[:, :width], axis=0, return_counts=True)
+    _, row_group = np.unique(group_keys, axis=0, return_inverse=True)
+    return items_per_group[row_group.ravel()]
+
 
 class Pipeline:
     """Decode, track flows, compute features and detect, one batch at a time."""
@@ -133,6 +158,9 @@ class Pipeline:
             for name, ports in CLASS_SERVICE_PORTS.items()
             if name in self._class_names
         }
+        self._flood_classes = [self._class_names.index(name) for name in FLOOD_CLASSES if name in self._class_names]
+        self._port_scan_class = self._class_names.index("port_scan") if "port_scan" in self._class_names else -1
+        self._host_sweep_class = self._class_names.index("host_sweep") if "host_sweep" in self._class_names else -1
         # Per-class probability thresholds in class order; a class without
         # one (benign) never flags.
         self._class_thresholds = np.array(
@@ -228,6 +256,8 @@ class Pipeline:
         benign_index = self._class_names.index(BENIGN) if BENIGN in self._class_names else -1
         flagged &= best != benign_index
         flagged &= self._service_port_allowed(best, flows["dst_port"])
+        flagged &= self._flood_corroborated(best, flagged, flows)
+        flagged &= self._scan_corroborated(best, flagged, flows)
         anomalous &= ~flagged
         rows = np.flatnonzero(flagged | anomalous)
         if rows.size == 0:
@@ -284,6 +314,46 @@ class Pipeline:
             rows = best == class_index
             if rows.any():
                 allowed[rows] = np.isin(dst_ports[rows], ports)
+        return allowed
+
+    def _flood_corroborated(self, best: np.ndarray, flagged: np.ndarray, flows: np.ndarray) -> np.ndarray:
+        """Return False for flood-class rows whose destination got too few flagged flows, or too slowly."""
+        allowed = np.ones(best.size, dtype=bool)
+        for class_index in self._flood_classes:
+            rows = np.flatnonzero(flagged & (best == class_index))
+            if rows.size == 0:
+                continue
+            # Grouped by destination only: a spoofed flood uses a new source per flow.
+            _, target, flow_counts = np.unique(
+                flows["dst_addr"][rows], axis=0, return_inverse=True, return_counts=True
+            )
+            target = target.ravel()
+            first_ns = np.full(flow_counts.size, np.iinfo(np.int64).max, dtype=np.int64)
+            last_ns = np.zeros(flow_counts.size, dtype=np.int64)
+            np.minimum.at(first_ns, target, flows["bidirectional_first_seen_ns"][rows].astype(np.int64))
+            np.maximum.at(last_ns, target, flows["bidirectional_last_seen_ns"][rows].astype(np.int64))
+            # At least one second, so a burst inside one second is rated by its count.
+            span_s = np.maximum((last_ns - first_ns) / 1e9, 1.0)
+            corroborated = (flow_counts >= self.options.flood_min_flows) & (
+                flow_counts / span_s >= self.options.flood_min_flows_per_s
+            )
+            allowed[rows] = corroborated[target]
+        self.counters["flood_flows_uncorroborated"] += int((~allowed).sum())
+        return allowed
+
+    def _scan_corroborated(self, best: np.ndarray, flagged: np.ndarray, flows: np.ndarray) -> np.ndarray:
+        """Return False for port scan and host sweep rows whose source reached too few ports or hosts."""
+        allowed = np.ones(best.size, dtype=bool)
+        scan_rows = np.flatnonzero(flagged & (best == self._port_scan_class))
+        if scan_rows.size:
+            pair = np.concatenate([flows["src_addr"][scan_rows], flows["dst_addr"][scan_rows]], axis=1)
+            ports = flows["dst_port"][scan_rows].astype(">u2").view(np.uint8).reshape(-1, 2)
+            allowed[scan_rows] = _distinct_per_group(pair, ports) >= self.options.scan_min_ports
+        sweep_rows = np.flatnonzero(flagged & (best == self._host_sweep_class))
+        if sweep_rows.size:
+            targets = flows["dst_addr"][sweep_rows]
+            allowed[sweep_rows] = _distinct_per_group(flows["src_addr"][sweep_rows], targets) >= self.options.sweep_min_hosts
+        self.counters["scan_flows_uncorroborated"] += int((~allowed).sum())
         return allowed
 
     def _anomaly_features(self, row: np.ndarray) -> list[tuple[str, float, float]]:

@@ -26,6 +26,7 @@ the value, so a bad file stops the sensor before capture starts.
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 CLINICAL_ROLES = ("pacs", "modality", "infusion_pump", "patient_monitor", "hl7_engine", "iomt_device", "ehr")
 DEFAULT_LEARNING_PERIOD_S = 7 * 86400.0
+ASSET_KEYS = {"ip", "role", "allowed_peers", "allowed_calling_ae", "allowed_move_destinations"}
+HL7_KEYS = {"registered_senders", "registered_applications"}
 
 
 class PolicyError(ValueError):
@@ -75,6 +78,12 @@ def _parse_asset(table, index: int) -> ClinicalAsset:
     where = f"assets[{index}]"
     if not isinstance(table, dict) or "ip" not in table:
         raise PolicyError(f"{where} has no ip; every [[assets]] entry needs its address")
+    unknown = set(table) - ASSET_KEYS
+    if unknown:
+        raise PolicyError(f"unknown keys {sorted(unknown)} in {where}; expected {sorted(ASSET_KEYS)}")
+    # ipaddress takes an integer as an address (5 is 0.0.0.5), so only text is accepted.
+    if not isinstance(table["ip"], str):
+        raise PolicyError(f"invalid {where}.ip {table['ip']!r}; expected an IPv4 or IPv6 address in quotes")
     try:
         ip = str(ipaddress.ip_address(table["ip"]))
     except ValueError:
@@ -101,8 +110,8 @@ def parse_policy(data: dict) -> Policy:
     policy = Policy()
 
     learning = data.get("learning_period_s", DEFAULT_LEARNING_PERIOD_S)
-    if not isinstance(learning, (int, float)) or learning < 0:
-        raise PolicyError(f"invalid learning_period_s {learning!r}; expected seconds >= 0")
+    if isinstance(learning, bool) or not isinstance(learning, (int, float)) or not 0 <= learning < math.inf:
+        raise PolicyError(f"invalid learning_period_s {learning!r}; expected a finite number of seconds >= 0")
     policy.learning_period_s = float(learning)
 
     zones = data.get("zones", {})
@@ -120,6 +129,11 @@ def parse_policy(data: dict) -> Policy:
         policy.assets[asset.ip] = asset
 
     hl7 = data.get("hl7", {})
+    if not isinstance(hl7, dict):
+        raise PolicyError(f"invalid hl7 {hl7!r}; expected an [hl7] table")
+    unknown = set(hl7) - HL7_KEYS
+    if unknown:
+        raise PolicyError(f"unknown keys {sorted(unknown)} in [hl7]; expected {sorted(HL7_KEYS)}")
     senders = _string_list(hl7, "registered_senders", "hl7")
     policy.registered_hl7_senders = [_network(sender, "hl7.registered_senders") for sender in senders]
     policy.registered_hl7_applications = _string_list(hl7, "registered_applications", "hl7")
@@ -133,6 +147,9 @@ def load_policy(path: str) -> Policy:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise PolicyError(f"policy file {path} not found") from None
-    except tomllib.TOMLDecodeError as error:
+    except OSError as error:
+        raise PolicyError(f"cannot read policy file {path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        # TOML is UTF-8, and tomllib raises UnicodeDecodeError on other bytes.
         raise PolicyError(f"policy file {path} is not valid TOML: {error}") from None
     return parse_policy(data)
