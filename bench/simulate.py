@@ -115,7 +115,7 @@ def main() -> int:
                         help="simulated seconds of the hospital profile")
     args = parser.parse_args()
 
-    # Warm-up: load or compile the Numba kernels before timing.
+    # Warm-up: first-call setup (imports, caches) outside the timed part.
     simulate(io.BytesIO(), PROFILES["small"], 5, 1, [])
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

@@ -167,3 +167,15 @@ def test_train_rejects_unknown_class():
     y[0] = "made_up"
     with pytest.raises(ValueError, match="unknown classes"):
         train_model(X, y, X, y, rounds=2)
+
+
+
+@pytest.mark.parametrize("content", [b"", b"\x93NUMPY garbage", b"not a model at all"])
+def test_load_model_rejects_non_archive(tmp_path, content):
+    path = tmp_path / "bogus.ww"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError) as raised:
+        load_model(path)
+    message = str(raised.value)
+    assert "is not a WardWatch model" in message
+    assert "pickle" not in message

@@ -148,11 +148,24 @@ def save_model(path, metadata: dict, classifier: TreeArrays, anomaly: TreeArrays
 
 def _read_archive(path: Path) -> tuple[dict, dict]:
     """Return (arrays by name, metadata) of a model file, with the format checked."""
+    not_a_model = (
+        f"model file {path} is not a WardWatch model; pass a file written by `wardwatch train`"
+    )
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as error:
+        raise ModelFileError(f"cannot read model file {path}: {error.strerror}") from error
+    # A model file is a zip (.npz) archive. Checked first because np.load
+    # raises EOFError on an empty file and, on other files, suggests loading
+    # them with pickle, which would run code from the file.
+    if magic != b"PK\x03\x04":
+        raise ModelFileError(not_a_model)
     try:
         with np.load(path, allow_pickle=False) as archive:
             contents = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ModelFileError(f"model file {path} is not a readable .npz archive: {error}") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ModelFileError(f"{not_a_model} ({type(error).__name__})") from error
     if "metadata_json" not in contents:
         raise ModelFileError(f"model file {path} has no metadata_json entry")
 
