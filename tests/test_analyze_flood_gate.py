@@ -92,3 +92,24 @@ def test_distinct_per_group_matches_sets():
         expected[group].add(item)
     counts = _distinct_per_group(groups, items)
     assert counts.tolist() == [len(expected[bytes(group)]) for group in groups]
+
+
+def test_single_dns_flow_not_a_tunnel(tmp_path, shared_pcaps):
+    # ppp-many-interfaces.pcapng holds ordinary lookups; the model once
+    # called one of its DNS flows a tunnel with high severity.
+    alerts = analyze_alerts(tmp_path, shared_pcaps / "ppp-many-interfaces.pcapng")
+    assert [a for a in alerts if a["category"] == "tunneling"] == []
+
+
+def test_simulated_dns_tunnel_still_reported(tmp_path):
+    capture = tmp_path / "tunnel.pcap"
+    simulated = CliRunner().invoke(main, [
+        "simulate", "--profile", "small", "--duration", "90s", "--seed", "4",
+        "--no-default-attacks", "--attack", "dns_tunnel@20s", "-o", str(capture),
+    ])
+    assert simulated.exit_code == 0, simulated.output
+    labels = [json.loads(line) for line in (tmp_path / "tunnel.labels.jsonl").read_text().splitlines()]
+    alerts = analyze_alerts(tmp_path, capture)
+    tunnels = [a for a in alerts if a["category"] == "tunneling"]
+    assert len(tunnels) >= 1
+    assert {a["src"]["ip"] for a in tunnels} == {labels[0]["src"]}

@@ -50,6 +50,10 @@ class AnalyzeOptions:
     # distinct targets of one source: one flow is no scan.
     scan_min_ports: int = 5
     sweep_min_hosts: int = 5
+    # A model DNS-tunnel verdict needs this many queries from one client to
+    # one resolver among the batch's flagged flows: one odd lookup is not a
+    # tunnel.
+    tunnel_min_queries: int = 10
     rules: RuleConfig = field(default_factory=RuleConfig)
 
 
@@ -161,6 +165,7 @@ class Pipeline:
         self._flood_classes = [self._class_names.index(name) for name in FLOOD_CLASSES if name in self._class_names]
         self._port_scan_class = self._class_names.index("port_scan") if "port_scan" in self._class_names else -1
         self._host_sweep_class = self._class_names.index("host_sweep") if "host_sweep" in self._class_names else -1
+        self._dns_tunnel_class = self._class_names.index("dns_tunnel") if "dns_tunnel" in self._class_names else -1
         # Per-class probability thresholds in class order; a class without
         # one (benign) never flags.
         self._class_thresholds = np.array(
@@ -258,6 +263,7 @@ class Pipeline:
         flagged &= self._service_port_allowed(best, flows["dst_port"])
         flagged &= self._flood_corroborated(best, flagged, flows)
         flagged &= self._scan_corroborated(best, flagged, flows)
+        flagged &= self._tunnel_corroborated(best, flagged, flows)
         anomalous &= ~flagged
         rows = np.flatnonzero(flagged | anomalous)
         if rows.size == 0:
@@ -339,6 +345,23 @@ class Pipeline:
             )
             allowed[rows] = corroborated[target]
         self.counters["flood_flows_uncorroborated"] += int((~allowed).sum())
+        return allowed
+
+    def _tunnel_corroborated(self, best: np.ndarray, flagged: np.ndarray, flows: np.ndarray) -> np.ndarray:
+        """Return False for DNS-tunnel rows whose client sent too few queries to that resolver."""
+        allowed = np.ones(best.size, dtype=bool)
+        if self._dns_tunnel_class < 0:
+            return allowed
+        rows = np.flatnonzero(flagged & (best == self._dns_tunnel_class))
+        if rows.size == 0:
+            return allowed
+        pairs = np.concatenate([flows["src_addr"][rows], flows["dst_addr"][rows]], axis=1)
+        _, pair = np.unique(pairs, axis=0, return_inverse=True)
+        pair = pair.ravel()
+        queries = np.zeros(int(pair.max()) + 1, dtype=np.int64)
+        np.add.at(queries, pair, flows["src2dst_packets"][rows].astype(np.int64))
+        allowed[rows] = queries[pair] >= self.options.tunnel_min_queries
+        self.counters["tunnel_flows_uncorroborated"] += int((~allowed).sum())
         return allowed
 
     def _scan_corroborated(self, best: np.ndarray, flagged: np.ndarray, flows: np.ndarray) -> np.ndarray:

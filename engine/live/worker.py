@@ -94,7 +94,7 @@ class WorkerPipeline(Pipeline):
 # rule windows are sized at start, so their options need a restart.
 RELOADABLE_OPTIONS = (
     "interim_interval_s", "anomaly_min_packets",
-    "flood_min_flows", "flood_min_flows_per_s", "scan_min_ports", "sweep_min_hosts",
+    "flood_min_flows", "flood_min_flows_per_s", "scan_min_ports", "sweep_min_hosts", "tunnel_min_queries",
 )
 RULE_WINDOW_FIELDS = (
     "scan_window_s", "bruteforce_window_s", "synflood_window_s", "dns_window_s", "reflection_window_s",
