@@ -85,7 +85,7 @@ class RuleConfig:
     reflection_window_s: float = 60.0
     reflection_responses: int = 100
     reflection_sources: int = 5
-    # ARP spoofing: replies nobody asked for (no request from the receiver
+    # ARP spoofing: unsolicited replies (no request from the receiver
     # for that address within arp_request_memory_s) that claim one address,
     # within the window.
     arp_window_s: float = 60.0
