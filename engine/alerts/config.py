@@ -15,7 +15,7 @@ from typing import Any
 # many targets: scans, sprays), "target" on the destination address (one
 # victim, many sources: floods with spoofed sources), and "pair" on both.
 KEY_MODES = ("source", "target", "pair")
-DEFAULT_KEY_MODES = {"scan": "source", "dos": "target"}
+DEFAULT_KEY_MODES = {"scan": "source", "dos": "target", "anomaly": "source"}
 
 DEFAULT_BUS_ENDPOINT = "tcp://127.0.0.1:5556"
 DEFAULT_REPLAY_ENDPOINT = "tcp://127.0.0.1:5557"

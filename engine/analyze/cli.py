@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 import tomllib
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import click
@@ -25,6 +25,10 @@ from engine.flows.table import MAX_TIMEOUT_S
 logger = logging.getLogger(__name__)
 
 SAMPLE_CAPTURE = Path(__file__).resolve().parent.parent / "data" / "sample.pcap"
+# A passive finding (same category, host and port) is reported again only
+# after this much capture time; the oldest keys go past MAX_FINDING_KEYS.
+FINDING_REPEAT_S = 24 * 3600.0
+MAX_FINDING_KEYS = 65_536
 STATUS_INTERVAL_S = 0.5
 
 
@@ -344,6 +348,8 @@ class InspectionStage:
         self.access = AccessMonitor(self.policy, self.zones, self.conn, roles_of=self.inventory.roles)
         self.login_records: list = []
         self.counters = Counter()
+        # Finding aggregation key -> capture time it was last reported.
+        self.findings_reported: OrderedDict = OrderedDict()
 
     def new_inspector(self):
         from engine.inspect.inspector import Inspector
@@ -362,7 +368,26 @@ class InspectionStage:
             from engine.logins.ingest import ingest_records
 
             self.login_records += ingest_records(self.conn, output.logins)
-        return output.alerts
+        return [alert for alert in output.alerts if not self._repeated_finding(alert)]
+
+    def _repeated_finding(self, alert) -> bool:
+        """Return True for a finding already reported within FINDING_REPEAT_S of capture time.
+
+        A finding is a standing fact (this broker takes clients without
+        credentials), so each reconnect of a device must not open a new
+        alert once the previous one has closed.
+        """
+        if alert.kind != "finding" or not alert.aggregation_key:
+            return False
+        reported_at = self.findings_reported.get(alert.aggregation_key)
+        if reported_at is not None and alert.last_seen - reported_at < FINDING_REPEAT_S:
+            self.counters["findings_repeated"] += 1
+            return True
+        self.findings_reported[alert.aggregation_key] = alert.last_seen
+        self.findings_reported.move_to_end(alert.aggregation_key)
+        while len(self.findings_reported) > MAX_FINDING_KEYS:
+            self.findings_reported.popitem(last=False)
+        return False
 
     def finish_capture(self) -> list:
         """Run the login analytics on the login records seen in traffic; return their alerts."""
