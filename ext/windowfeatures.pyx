@@ -209,6 +209,17 @@ cdef inline void _add_directional(double* stats, int direction, double size) noe
     stats[P_SR] += residual * stats[other + P_RES]
 
 
+cdef inline void _address_words(const uint8_t[:, :] address, Py_ssize_t row,
+                                 uint64_t* low, uint64_t* high) noexcept nogil:
+    """Pack a 16-byte address row into two little-endian words (IPv4 fills the low word)."""
+    cdef int j
+    low[0] = 0
+    high[0] = 0
+    for j in range(8):
+        low[0] |= (<uint64_t>address[row, j]) << (8 * j)
+        high[0] |= (<uint64_t>address[row, 8 + j]) << (8 * j)
+
+
 cdef inline void _clear(double* stats, Py_ssize_t count) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(count):
@@ -293,16 +304,8 @@ def update_tables(
             flags = tcp_flags[i]
             proto = ip_proto[i]
             is_tcp = ip_proto[i] == 6
-            # Little-endian words of the 16 address bytes; IPv4 fills word 0.
-            s0 = 0
-            s1 = 0
-            d0 = 0
-            d1 = 0
-            for j in range(8):
-                s0 |= (<uint64_t>src_addr[i, j]) << (8 * j)
-                s1 |= (<uint64_t>src_addr[i, 8 + j]) << (8 * j)
-                d0 |= (<uint64_t>dst_addr[i, j]) << (8 * j)
-                d1 |= (<uint64_t>dst_addr[i, 8 + j]) << (8 * j)
+            _address_words(src_addr, i, &s0, &s1)
+            _address_words(dst_addr, i, &d0, &d1)
             sport = src_port[i]
             dport = dst_port[i]
 
@@ -507,15 +510,8 @@ def query_tables(
     with nogil:
         for i in range(rows):
             now_s = (at_ns[i] - base_ns) * 1e-9
-            s0 = 0
-            s1 = 0
-            d0 = 0
-            d1 = 0
-            for j in range(8):
-                s0 |= (<uint64_t>src_addr[i, j]) << (8 * j)
-                s1 |= (<uint64_t>src_addr[i, 8 + j]) << (8 * j)
-                d0 |= (<uint64_t>dst_addr[i, j]) << (8 * j)
-                d1 |= (<uint64_t>dst_addr[i, 8 + j]) << (8 * j)
+            _address_words(src_addr, i, &s0, &s1)
+            _address_words(dst_addr, i, &d0, &d1)
             sport = src_port[i]
             dport = dst_port[i]
             proto = protocol[i]
