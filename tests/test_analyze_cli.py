@@ -127,10 +127,10 @@ def test_sample_alerts_carry_no_patient_names(sample_run):
 
 
 def connect_subscriber(bus, replay, attempts=10):
-    """Subscribe from seq 0, retrying while the sensor is too busy to answer its replay socket.
+    """Subscribe from seq 0, retrying while the sensor is too busy to serve its replay socket.
 
-    Returns the subscriber and the first message (or None): the first
-    receive is what says hello to the replay socket.
+    Returns the subscriber and the first message (or None), because the
+    first receive is what sends hello to the replay socket.
     """
     for attempt in range(attempts):
         subscriber = GapFillingSubscriber([bus], replay=[replay], since=0, idle_check_s=0.2)

@@ -95,7 +95,7 @@ def test_distinct_per_group_matches_sets():
 
 
 def test_single_dns_flow_not_a_tunnel(tmp_path, shared_pcaps):
-    # ppp-many-interfaces.pcapng holds ordinary lookups; the model once
+    # ppp-many-interfaces.pcapng has only ordinary lookups, and the model once
     # called one of its DNS flows a tunnel with high severity.
     alerts = analyze_alerts(tmp_path, shared_pcaps / "ppp-many-interfaces.pcapng")
     assert [a for a in alerts if a["category"] == "tunneling"] == []

@@ -54,7 +54,7 @@ def run_capture(path):
 
 
 def test_port_scan_from_unanswered_syns():
-    # 20 SYNs to 20 ports of one host, none answered: 20 S0 flows.
+    # 20 SYNs to 20 ports of one host, none with a reply: 20 S0 flows.
     frames = [tcp_frame(ATTACKER, TARGET, 40000 + i, 1000 + i, dpkt.tcp.TH_SYN) for i in range(20)]
     detections = run_frames(frames)
     scans = [d for d in detections if d.attack_class == "port_scan"]

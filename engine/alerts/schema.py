@@ -27,7 +27,7 @@ from engine.taxonomy import severity_rank
 
 SCHEMA_VERSION = 1
 
-# What produced the alert.
+# Alert kinds, by the part of WardWatch that produced the alert.
 KINDS = (
     "detection",  # the model, the anomaly score or a rule saw an attack
     "finding",  # passive vulnerability: cleartext patient data, weak TLS, SMBv1, ...

@@ -3,10 +3,10 @@
 Per batch, the pipeline decodes in place and updates the flow table, which
 tags each packet with its flow. It then updates the window statistics, runs
 the ARP rules and scores the flows that ended with the model (class
-probabilities and anomaly score) and the threshold rules. Long flows are scored before they end, from snapshots
-taken every `interim_interval_s` of capture time. Everything before scoring
-runs in compiled kernels over the whole batch; Python sees ended flows and
-detections only.
+probabilities and anomaly score) and the threshold rules. Long flows are
+scored before they end, from snapshots taken every `interim_interval_s` of
+capture time. Everything before scoring runs in compiled kernels over the
+whole batch, so Python handles only ended flows and detections.
 """
 
 from __future__ import annotations
@@ -255,14 +255,16 @@ class Pipeline:
 
     def _model_detections(self, flows: np.ndarray) -> list[Detection]:
         X = flow_feature_matrix(flows, self.windows)
+
         proba = self.model.predict_proba(X)
         best = np.argmax(proba, axis=1)
         flagged = proba[np.arange(best.size), best] >= self._class_thresholds[best]
         anomaly = self.model.anomaly_score(X)
+
         # NOTE: the threshold was chosen for a 1% false-positive rate on the
-        # small profile's benign flows; on a simulated week (night traffic,
-        # long MQTT sessions) about 9% of flows pass it, so anomaly alerts
-        # (low severity) are noisy until it is calibrated on more traffic.
+        # small simulator profile's benign flows. On a simulated week (night
+        # traffic, long MQTT sessions) about 9% of flows pass it, so anomaly
+        # alerts (low severity) stay noisy until it is calibrated on more.
         anomalous = (anomaly >= self.model.anomaly_threshold) & (
             flows["bidirectional_packets"] >= self.options.anomaly_min_packets
         )
@@ -273,6 +275,7 @@ class Pipeline:
         flagged &= self._scan_corroborated(best, flagged, flows)
         flagged &= self._tunnel_corroborated(best, flagged, flows)
         anomalous &= ~flagged
+
         rows = np.flatnonzero(flagged | anomalous)
         if rows.size == 0:
             return []
@@ -290,36 +293,40 @@ class Pipeline:
         detections = []
         for group in range(int(group_of_row.max()) + 1):
             members = rows[group_of_row == group]
-            if flagged[members[0]]:
-                class_index = int(best[members[0]])
-                member_scores = proba[members, class_index]
-                row = int(members[np.argmax(member_scores)])
-                attack_class = self._class_names[class_index]
-                top = self.model.top_features(X[row:row + 1], class_index)[0]
-                info = ATTACK_CLASSES.get(attack_class)
-                category = info.category if info else attack_class
-                technique = info.technique if info else None
-                origin = "model"
-                score = float(proba[row, class_index])
-                summary = f"the model classed this flow as {attack_class.replace('_', ' ')} ({score:.0%})"
-            else:
-                row = int(members[np.argmax(anomaly[members])])
-                attack_class = None
-                category, technique, origin, score = "anomaly", None, "anomaly", None
-                top = self._anomaly_features(X[row])
-                summary = "the flow is unlike the benign traffic the anomaly model learnt"
-            detection = self._from_flow(
-                flows[row], category, technique, attack_class, origin, summary,
-                score, float(anomaly[row]), top,
-            )
-            detection.count = int(members.size)
-            detection.flow_ids = [int(i) for i in flows["flow_id"][members[:MAX_FLOW_IDS]]]
-            detection.first_seen = float(flows["bidirectional_first_seen_ns"][members].min()) / 1e9
-            detection.last_seen = float(flows["bidirectional_last_seen_ns"][members].max()) / 1e9
-            if members.size > 1:
-                detection.summary += f"; {members.size} such flows in this batch"
-            detections.append(detection)
+            detections.append(self._group_detection(flows, X, members, flagged, best, proba, anomaly))
         return detections
+
+    def _group_detection(self, flows, X, members, flagged, best, proba, anomaly) -> Detection:
+        """Build one detection for flagged or anomalous flows of one class, source and destination."""
+        if flagged[members[0]]:
+            class_index = int(best[members[0]])
+            row = int(members[np.argmax(proba[members, class_index])])
+            attack_class = self._class_names[class_index]
+            top = self.model.top_features(X[row:row + 1], class_index)[0]
+            info = ATTACK_CLASSES.get(attack_class)
+            category = info.category if info else attack_class
+            technique = info.technique if info else None
+            origin = "model"
+            score = float(proba[row, class_index])
+            summary = f"the model classed this flow as {attack_class.replace('_', ' ')} ({score:.0%})"
+        else:
+            row = int(members[np.argmax(anomaly[members])])
+            attack_class = None
+            category, technique, origin, score = "anomaly", None, "anomaly", None
+            top = self._anomaly_features(X[row])
+            summary = "the flow is unlike the benign traffic the anomaly model learnt"
+
+        detection = self._from_flow(
+            flows[row], category, technique, attack_class, origin, summary,
+            score, float(anomaly[row]), top,
+        )
+        detection.count = int(members.size)
+        detection.flow_ids = [int(i) for i in flows["flow_id"][members[:MAX_FLOW_IDS]]]
+        detection.first_seen = float(flows["bidirectional_first_seen_ns"][members].min()) / 1e9
+        detection.last_seen = float(flows["bidirectional_last_seen_ns"][members].max()) / 1e9
+        if members.size > 1:
+            detection.summary += f"; {members.size} such flows in this batch"
+        return detection
 
     def _service_port_allowed(self, best: np.ndarray, dst_ports: np.ndarray) -> np.ndarray:
         """Return True per row unless the row's class is bound to service ports the flow does not use."""

@@ -2,10 +2,14 @@
 
 The model learns from simulated hospital traffic. These rules catch the
 classic shapes of an attack in any traffic, in the spirit of Zeek's scan and
-brute-force policies. The shapes are a source that fails to connect to many
-ports or hosts, many short logins to one service, half-open connections
-piling up on one target, long DNS queries, and ARP replies that move an
-address to a new MAC.
+brute-force policies. Each rule looks for one shape:
+
+- a source that fails to connect to many ports or hosts (scan, sweep);
+- many short logins from one source to one service (brute force);
+- half-open connections piling up on one target (SYN flood);
+- unsolicited UDP responses from amplifier ports (reflection);
+- many large DNS queries from one client (tunnelling);
+- unsolicited ARP replies, or replies that move an address to a new MAC.
 
 Rules see ended flows in batches (numpy masks pick the candidate flows) and
 keep per-key state in bounded tables: each table holds at most
@@ -223,9 +227,9 @@ class FlowRules:
             np.isin(flows["conn_state"], _FAILED_STATE_IDS)
             | ((flows["conn_state"] == _OTH_ID) & (flows["dst2src_packets"] == 0))
         ) & (flows["ip_proto"] == 6)
-        # A UDP probe that got no answer at all is a failed attempt too,
-        # unless it comes from an amplifier port: that is a reflected
-        # response, which the reflection rule counts.
+        # A UDP probe that got no reply at all is a failed attempt too,
+        # unless it comes from an amplifier port. Such a packet is a
+        # reflected response, which the reflection rule counts.
         failed |= (
             (flows["ip_proto"] == 17)
             & (flows["dst2src_packets"] == 0)
@@ -260,12 +264,12 @@ class FlowRules:
         c = self.config
         duration_s = flows["bidirectional_duration_ms"] / 1000.0
         total_bytes = flows["bidirectional_bytes"]
-        # Sessions that got past the handshake: the service answered.
-        answered = flows["dst2src_packets"] > 0
+        # Only sessions the service replied to can be login attempts.
+        replied = flows["dst2src_packets"] > 0
         candidate = (
             np.isin(flows["dst_port"], _AUTH_PORT_ARRAY)
             & (flows["ip_proto"] == 6)
-            & answered
+            & replied
             & (duration_s <= c.bruteforce_max_session_s)
             & (total_bytes <= c.bruteforce_max_session_bytes)
             & ~np.isin(flows["conn_state"], _FAILED_STATE_IDS)

@@ -51,10 +51,10 @@ class WindowFeatures:
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, half_lives_s=HALF_LIVES_S):
         # Tables are written with zeros here rather than left to the kernel
-        # to fault in: a new key lands on a random slot, so a lazily mapped
-        # table pays a page fault for most of its first keys, which made a
-        # fresh table's first pass 2-4x slower than later ones. The cost
-        # moves to start-up (about 55 MB to write at the default capacity).
+        # to fault in. A new key lands on a random slot, so a lazily mapped
+        # table paid a page fault for most of its first keys, and a fresh
+        # table's first pass ran 2-4x slower than later ones. The cost moves
+        # to start-up: about 55 MB to write at the default capacity.
         capacity = _check_capacity("capacity", capacity)
         half_lives = np.asarray(half_lives_s, dtype=np.float64)
         if half_lives.ndim != 1 or half_lives.size == 0 or not np.all(half_lives > 0):
