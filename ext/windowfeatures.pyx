@@ -63,11 +63,34 @@ cdef enum:
     # WindowFeatures rejects more, and update_tables checks it again.
     MAX_WINDOWS = 16
 
+    # How far (in e-folds of the fastest half-life) the stored sums may grow
+    # past their landmark before the landmark moves: exp(400) leaves over
+    # 10^130 of headroom below the float64 limit for sums of squared sizes.
+    RENORMALISE_NATS = 400
+    # How far before the shared landmark a key's update may be and still
+    # use it: exp(-300) keeps the sums far from the float64 subnormals. A
+    # key updated further back (merged captures, a clock step) keeps a
+    # landmark of its own until its updates catch up.
+    BACKWARD_NATS = 300
+
+    # Packets between key preparation (hash and prefetch) and the update
+    # that uses the keys, and the ring that holds the prepared keys between
+    # them (a power of two, larger than LOOKAHEAD).
+    LOOKAHEAD = 12
+    KEY_RING = 16
+
 # Python-visible copies, so the wrapper can check they match its own.
 LAYOUT = {
     "MAX_PROBE": MAX_PROBE, "KEY_WORDS": KEY_WORDS, "HOST_FIELDS": HOST_FIELDS,
     "PAIR_FIELDS": PAIR_FIELDS, "OUT_PER_WINDOW": OUT_PER_WINDOW, "MAX_WINDOWS": MAX_WINDOWS,
 }
+
+cdef extern from *:
+    """
+    #define WW_PREFETCH_WRITE(address) __builtin_prefetch((const void*)(address), 1, 3)
+    """
+    void WW_PREFETCH_WRITE(const void* address) noexcept nogil
+
 
 cdef uint64_t MIX_1 = 0xBF58476D1CE4E5B9ULL
 cdef uint64_t MIX_2 = 0x94D049BB133111EBULL
@@ -78,16 +101,35 @@ ctypedef struct key_table:
     uint64_t* keys  # [capacity, KEY_WORDS]
     uint8_t* used  # [capacity]: 1 once a slot has held a key
     double* time_s  # [capacity]: last activity, seconds since base_ns
+    double* landmark_s  # [capacity]: the landmark the slot's sums are scaled to; NULL without sums
     uint64_t mask  # capacity - 1
     int evict_counter  # index into counters
 
 
-# Decay factors of one elapsed time for every half-life. Packets of one
-# burst often share a gap, and many keys share the batch's elapsed time, so
-# the last result is kept instead of calling exp() again.
-ctypedef struct decay_cache:
-    double elapsed_s
+# Growth factors exp(rate * (t - landmark)) of one time t for every
+# half-life. Most keys of a packet share its time, so the last result is
+# kept instead of calling exp() again.
+ctypedef struct growth_cache:
+    double since_landmark_s
     double factor[MAX_WINDOWS]
+
+
+# One packet's table keys, computed LOOKAHEAD packets before they are used.
+# The *_start fields are the first probe slots (hash & mask) of each table.
+ctypedef struct packet_keys:
+    bint valid
+    double now_s
+    double size
+    uint8_t flags
+    uint64_t proto
+    uint64_t s0, s1, d0, d1
+    uint64_t sport, dport
+    int pair_direction
+    int socket_direction
+    uint64_t pair_key[4]
+    uint64_t socket_key[5]
+    uint64_t service
+    uint64_t src_start, dst_start, pair_start, socket_start, service_start
 
 
 cdef inline uint64_t _mix(uint64_t value) noexcept nogil:
@@ -120,10 +162,12 @@ cdef inline void _store_key(uint64_t* key, uint64_t k0, uint64_t k1, uint64_t k2
     key[4] = k4
 
 
-cdef Py_ssize_t _find_or_insert(key_table* table, uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3,
-                                uint64_t k4, int64_t* counters, bint* is_new) noexcept nogil:
-    """Return the key's slot, claiming a free one or evicting the least recently active one if absent."""
-    cdef uint64_t start = _hash_key(k0, k1, k2, k3, k4) & table.mask
+cdef Py_ssize_t _find_or_insert(key_table* table, uint64_t start, uint64_t k0, uint64_t k1, uint64_t k2,
+                                uint64_t k3, uint64_t k4, int64_t* counters, bint* is_new) noexcept nogil:
+    """Return the key's slot, claiming a free one or evicting the least recently active one if absent.
+
+    start is the key's first probe slot, _hash_key(...) & table.mask.
+    """
     cdef uint64_t slot
     cdef Py_ssize_t oldest_slot = <Py_ssize_t>start
     cdef double oldest_time = INFINITY
@@ -162,51 +206,192 @@ cdef Py_ssize_t _find(key_table* table, uint64_t k0, uint64_t k1, uint64_t k2, u
     return -1
 
 
-cdef inline const double* _factors(decay_cache* cache, const double* rates, int windows,
-                                   double elapsed_s) noexcept nogil:
-    cdef int k
-    if elapsed_s != cache.elapsed_s:
-        for k in range(windows):
-            cache.factor[k] = exp(-elapsed_s * rates[k])
-        cache.elapsed_s = elapsed_s
+cdef inline void _prefetch_slot(const key_table* table, uint64_t slot, const double* stats,
+                                Py_ssize_t stats_row) noexcept nogil:
+    # The key's five words can straddle two cache lines; the stats row spans
+    # several. Prefetching the first probe slot covers most lookups while
+    # the table is below its capacity.
+    cdef const uint64_t* key = table.keys + slot * KEY_WORDS
+    cdef Py_ssize_t offset
+    WW_PREFETCH_WRITE(table.used + slot)
+    WW_PREFETCH_WRITE(table.time_s + slot)
+    if table.landmark_s != NULL:
+        WW_PREFETCH_WRITE(table.landmark_s + slot)
+    WW_PREFETCH_WRITE(key)
+    WW_PREFETCH_WRITE(key + KEY_WORDS - 1)
+    if stats != NULL:
+        stats = stats + slot * stats_row
+        offset = 0
+        while offset < stats_row:
+            WW_PREFETCH_WRITE(stats + offset)
+            offset += 8
+        WW_PREFETCH_WRITE(stats + stats_row - 1)
+
+
+cdef inline void _prepare(
+    packet_keys* out, Py_ssize_t i, const int64_t[:] ts_ns, const uint32_t[:] wirelen,
+    const uint8_t[:] ip_version, const uint8_t[:] status, const uint8_t[:, :] src_addr,
+    const uint8_t[:, :] dst_addr, const uint16_t[:] src_port, const uint16_t[:] dst_port,
+    const uint8_t[:] ip_proto, const uint8_t[:] tcp_flags, int64_t base_ns,
+    const key_table* hosts, const key_table* pairs, const key_table* sockets, const key_table* services,
+    const double* host_base, const double* pair_base, const double* sock_base,
+    const double* host_last_sent, const double* last_seen, Py_ssize_t host_row, Py_ssize_t pair_row,
+) noexcept nogil:
+    """Compute packet i's keys and first probe slots, and prefetch those slots."""
+    out.valid = ip_version[i] != 0 and status[i] <= 1
+    if not out.valid:
+        return
+    out.now_s = (ts_ns[i] - base_ns) * 1e-9
+    out.size = <double>wirelen[i]
+    out.flags = tcp_flags[i]
+    out.proto = ip_proto[i]
+    _address_words(src_addr, i, &out.s0, &out.s1)
+    _address_words(dst_addr, i, &out.d0, &out.d1)
+    out.sport = src_port[i]
+    out.dport = dst_port[i]
+    cdef uint64_t s0 = out.s0, s1 = out.s1, d0 = out.d0, d1 = out.d1
+    cdef uint64_t sport = out.sport, dport = out.dport, proto = out.proto
+    if s0 < d0 or (s0 == d0 and s1 <= d1):
+        out.pair_direction = 0
+        out.pair_key[0] = s0
+        out.pair_key[1] = s1
+        out.pair_key[2] = d0
+        out.pair_key[3] = d1
+    else:
+        out.pair_direction = 1
+        out.pair_key[0] = d0
+        out.pair_key[1] = d1
+        out.pair_key[2] = s0
+        out.pair_key[3] = s1
+    if s0 < d0 or (s0 == d0 and (s1 < d1 or (s1 == d1 and sport <= dport))):
+        out.socket_direction = 0
+        out.socket_key[0] = s0
+        out.socket_key[1] = s1
+        out.socket_key[2] = d0
+        out.socket_key[3] = d1
+        out.socket_key[4] = (sport << 24) | (dport << 8) | proto
+    else:
+        out.socket_direction = 1
+        out.socket_key[0] = d0
+        out.socket_key[1] = d1
+        out.socket_key[2] = s0
+        out.socket_key[3] = s1
+        out.socket_key[4] = (dport << 24) | (sport << 8) | proto
+    out.service = (dport << 8) | proto
+    out.src_start = _hash_key(s0, s1, 0, 0, 0) & hosts.mask
+    out.dst_start = _hash_key(d0, d1, 0, 0, 0) & hosts.mask
+    out.pair_start = _hash_key(out.pair_key[0], out.pair_key[1], out.pair_key[2], out.pair_key[3], 0) & pairs.mask
+    out.socket_start = _hash_key(out.socket_key[0], out.socket_key[1], out.socket_key[2], out.socket_key[3],
+                                 out.socket_key[4]) & sockets.mask
+    out.service_start = _hash_key(s0, s1, d0, d1, out.service) & services.mask
+    _prefetch_slot(hosts, out.src_start, host_base, host_row)
+    WW_PREFETCH_WRITE(host_last_sent + out.src_start)
+    _prefetch_slot(hosts, out.dst_start, host_base, host_row)
+    _prefetch_slot(pairs, out.pair_start, pair_base, pair_row)
+    WW_PREFETCH_WRITE(last_seen + 2 * out.pair_start)
+    _prefetch_slot(sockets, out.socket_start, sock_base, pair_row)
+    _prefetch_slot(services, out.service_start, NULL, 0)
+
+
+cdef inline const double* _growth(growth_cache* cache, const double* rates, const int* power_of_next,
+                                  int windows, double since_landmark_s) noexcept nogil:
+    """Return exp(rate_k * since_landmark_s) for every half-life k.
+
+    When a rate is a whole multiple m of the next one (0.1 s against 1 s:
+    m = 10), its factor is the next factor to the power m: a few multiplies
+    in place of exp(). The relative error grows by about m per link, under
+    1e-12 for the default half-lives.
+    """
+    cdef int k, m
+    cdef double base, result
+    if since_landmark_s != cache.since_landmark_s:
+        k = windows - 1
+        while k >= 0:
+            m = power_of_next[k]
+            if m == 0:
+                cache.factor[k] = exp(since_landmark_s * rates[k])
+            else:
+                base = cache.factor[k + 1]
+                result = 1.0
+                while m > 0:
+                    if m & 1:
+                        result *= base
+                    base *= base
+                    m >>= 1
+                cache.factor[k] = result
+            k -= 1
+        cache.since_landmark_s = since_landmark_s
     return cache.factor
 
 
-cdef inline void _decay_host(double* stats, decay_cache* cache, const double* rates, int windows,
-                             double elapsed_s) noexcept nogil:
-    if elapsed_s <= 0.0:
-        return
-    cdef const double* factor = _factors(cache, rates, windows, elapsed_s)
-    cdef int k, f
-    for k in range(windows):
-        for f in range(HOST_FIELDS):
-            stats[k * HOST_FIELDS + f] *= factor[k]
-
-
-cdef inline void _decay_pair(double* stats, decay_cache* cache, const double* rates, int windows,
-                             double elapsed_s) noexcept nogil:
-    # The residuals are the last values' distances from their means, not
-    # sums, so they keep their size. Every damped sum decays.
-    if elapsed_s <= 0.0:
-        return
-    cdef const double* factor = _factors(cache, rates, windows, elapsed_s)
-    cdef int k, f
-    for k in range(windows):
-        for f in range(PAIR_FIELDS):
-            if f != P_RES and f != P_DIRECTION_FIELDS + P_RES:
-                stats[k * PAIR_FIELDS + f] *= factor[k]
-
-
-cdef inline void _add_directional(double* stats, int direction, double size) noexcept nogil:
-    # stats points at one slot's fields for one half-life.
+cdef inline void _add_directional(double* stats, int direction, double size, double growth) noexcept nogil:
+    # stats points at one slot's fields for one half-life. The residual is
+    # a distance from the mean, a ratio of two sums of the same scale, so it
+    # is stored as is; the products of residuals are a damped sum and grow.
     cdef int base = direction * P_DIRECTION_FIELDS
     cdef int other = (1 - direction) * P_DIRECTION_FIELDS
-    stats[base + P_W] += 1.0
-    stats[base + P_LS] += size
-    stats[base + P_SS] += size * size
+    stats[base + P_W] += growth
+    stats[base + P_LS] += size * growth
+    stats[base + P_SS] += size * size * growth
     cdef double residual = size - stats[base + P_LS] / stats[base + P_W]
     stats[base + P_RES] = residual
-    stats[P_SR] += residual * stats[other + P_RES]
+    stats[P_SR] += residual * stats[other + P_RES] * growth
+
+
+cdef inline void _move_to_landmark(double* row, double* row_landmark_s, double landmark_s, int windows,
+                                   int fields, const double* rates, bint keep_residuals) noexcept nogil:
+    # Rescale one key's sums from the landmark they were stored against to
+    # the current one. Values below 1e-300 of the new scale are worth
+    # nothing at the new landmark and are set to 0, so later arithmetic
+    # never meets subnormal numbers.
+    cdef int k, f
+    cdef double scale, value
+    for k in range(windows):
+        scale = exp(-(landmark_s - row_landmark_s[0]) * rates[k])
+        for f in range(fields):
+            if keep_residuals and (f == P_RES or f == P_DIRECTION_FIELDS + P_RES):
+                continue
+            value = row[k * fields + f] * scale
+            if -1e-300 < value < 1e-300:
+                value = 0.0
+            row[k * fields + f] = value
+    row_landmark_s[0] = landmark_s
+
+
+cdef inline const double* _key_growth(
+    double* stats, double* key_time_s, double* key_landmark_s, bint is_new, double now_s, double landmark_s,
+    int windows, int fields, bint keep_residuals, const double* rates, const int* power_of_next,
+    double fastest_rate, growth_cache* packet_growth, growth_cache* key_growth,
+) noexcept nogil:
+    """Place one key's update in time and return the growth factors its sums take.
+
+    The update's effective time is the packet time, or the key's last
+    update when the packet is older. Keys move to the shared landmark when
+    the effective time is within BACKWARD_NATS before it; a key updated
+    only by much older packets keeps a landmark of its own.
+    """
+    cdef double effective_s = now_s
+    cdef double key_landmark
+    if is_new:
+        if (landmark_s - effective_s) * fastest_rate <= BACKWARD_NATS:
+            key_landmark_s[0] = landmark_s
+        else:
+            key_landmark_s[0] = effective_s
+    else:
+        if key_time_s[0] > effective_s:
+            effective_s = key_time_s[0]
+        key_landmark = key_landmark_s[0]
+        if (landmark_s - effective_s) * fastest_rate <= BACKWARD_NATS:
+            if key_landmark != landmark_s:
+                _move_to_landmark(stats, key_landmark_s, landmark_s, windows, fields, rates, keep_residuals)
+        elif ((effective_s - key_landmark) * fastest_rate > RENORMALISE_NATS
+              or (key_landmark - effective_s) * fastest_rate > BACKWARD_NATS):
+            _move_to_landmark(stats, key_landmark_s, effective_s, windows, fields, rates, keep_residuals)
+    key_time_s[0] = effective_s
+    key_landmark = key_landmark_s[0]
+    if effective_s == now_s and key_landmark == landmark_s:
+        return _growth(packet_growth, rates, power_of_next, windows, effective_s - key_landmark)
+    return _growth(key_growth, rates, power_of_next, windows, effective_s - key_landmark)
 
 
 cdef inline void _address_words(const uint8_t[:, :] address, Py_ssize_t row,
@@ -232,22 +417,41 @@ def update_tables(
     const int64_t[:] ts_ns, const uint32_t[:] wirelen, const uint8_t[:] ip_version, const uint8_t[:] status,
     const uint8_t[:, :] src_addr, const uint8_t[:, :] dst_addr, const uint16_t[:] src_port,
     const uint16_t[:] dst_port, const uint8_t[:] ip_proto, const uint8_t[:] tcp_flags,
-    int64_t base_ns, const double[::1] half_lives_s, const double[::1] decay_rates,
+    int64_t base_ns, const double[::1] half_lives_s, const double[::1] decay_rates, double[::1] landmark,
     uint64_t[:, ::1] host_keys, uint8_t[::1] host_used, double[::1] host_time, double[::1] host_last_sent,
-    double[:, :, ::1] host_stats,
+    double[:, :, ::1] host_stats, double[::1] host_landmark,
     uint64_t[:, ::1] pair_keys, uint8_t[::1] pair_used, double[::1] pair_time, double[:, ::1] pair_last_seen,
-    double[:, :, ::1] pair_stats,
+    double[:, :, ::1] pair_stats, double[::1] pair_landmark,
     uint64_t[:, ::1] sock_keys, uint8_t[::1] sock_used, double[::1] sock_time, double[:, :, ::1] sock_stats,
+    double[::1] sock_landmark,
     uint64_t[:, ::1] service_keys, uint8_t[::1] service_used, double[::1] service_time,
     int64_t[::1] counters,
 ):
-    """Add one batch of packets to the window tables, in packet order."""
+    """Add one batch of packets to the window tables, in packet order.
+
+    landmark[0] is the tables' landmark time (seconds since base_ns); it
+    moves forward here before the stored sums grow too large. The
+    *_landmark arrays hold the landmark each key's sums are scaled to.
+    """
     if half_lives_s.shape[0] > MAX_WINDOWS or decay_rates.shape[0] != half_lives_s.shape[0]:
         raise ValueError(
             f"invalid half-lives: {half_lives_s.shape[0]} half-lives and {decay_rates.shape[0]} decay rates, "
             f"expected equal counts of at most {MAX_WINDOWS}"
         )
+    if landmark.shape[0] != 1:
+        raise ValueError(f"invalid landmark: expected 1 value, got {landmark.shape[0]}")
     cdef int windows = <int>half_lives_s.shape[0]
+    cdef int power_of_next[MAX_WINDOWS]
+    cdef double fastest_rate = 0.0
+    cdef double ratio
+    cdef int k
+    for k in range(windows):
+        fastest_rate = max(fastest_rate, decay_rates[k])
+        power_of_next[k] = 0
+        if k + 1 < windows and decay_rates[k + 1] > 0.0:
+            ratio = decay_rates[k] / decay_rates[k + 1]
+            if 1.0 <= ratio <= 1024.0 and abs(ratio - round(ratio)) < 1e-9:
+                power_of_next[k] = <int>round(ratio)
     cdef Py_ssize_t count = ts_ns.shape[0]
     cdef Py_ssize_t host_row = windows * HOST_FIELDS
     cdef Py_ssize_t pair_row = windows * PAIR_FIELDS
@@ -257,21 +461,25 @@ def update_tables(
     hosts.time_s = &host_time[0]
     hosts.mask = <uint64_t>(host_keys.shape[0] - 1)
     hosts.evict_counter = C_HOST_EVICTED
+    hosts.landmark_s = &host_landmark[0]
     pairs.keys = &pair_keys[0, 0]
     pairs.used = &pair_used[0]
     pairs.time_s = &pair_time[0]
     pairs.mask = <uint64_t>(pair_keys.shape[0] - 1)
     pairs.evict_counter = C_PAIR_EVICTED
+    pairs.landmark_s = &pair_landmark[0]
     sockets.keys = &sock_keys[0, 0]
     sockets.used = &sock_used[0]
     sockets.time_s = &sock_time[0]
     sockets.mask = <uint64_t>(sock_keys.shape[0] - 1)
     sockets.evict_counter = C_SOCKET_EVICTED
+    sockets.landmark_s = &sock_landmark[0]
     services.keys = &service_keys[0, 0]
     services.used = &service_used[0]
     services.time_s = &service_time[0]
     services.mask = <uint64_t>(service_keys.shape[0] - 1)
     services.evict_counter = C_SERVICE_EVICTED
+    services.landmark_s = NULL
 
     cdef double* host_base = &host_stats[0, 0, 0]
     cdef double* pair_base = &pair_stats[0, 0, 0]
@@ -280,94 +488,132 @@ def update_tables(
     cdef const double* rates = &decay_rates[0]
     cdef const double* half_lives = &half_lives_s[0]
     cdef int64_t* counter = &counters[0]
-    cdef decay_cache cache
-    cache.elapsed_s = -1.0  # never looked up: decay is skipped for elapsed <= 0
+    cdef double landmark_s = landmark[0]
+    cdef double* host_key_landmark = &host_landmark[0]
+    cdef double* pair_key_landmark = &pair_landmark[0]
+    cdef double* sock_key_landmark = &sock_landmark[0]
+    # The packet's own growth factors, and those of keys whose last update
+    # is later than the packet (reordered input): one buffer per role, as
+    # the source's factors are still used after the others are looked up.
+    cdef growth_cache packet_growth, src_late, dst_late, pair_late, socket_late
+    packet_growth.since_landmark_s = NAN
+    src_late.since_landmark_s = NAN
+    dst_late.since_landmark_s = NAN
+    pair_late.since_landmark_s = NAN
+    socket_late.since_landmark_s = NAN
 
-    cdef Py_ssize_t i, src_slot, dst_slot, slot, src_slot_again
-    cdef int j, k, direction
-    cdef bint is_new, is_tcp, is_syn, has_gap, src_first
+    cdef Py_ssize_t i, ahead, src_slot, dst_slot, slot, src_slot_again
+    cdef int direction
+    cdef bint is_new, is_tcp, is_syn, has_gap
     cdef double now_s, size, gap_s, silence_s
-    cdef uint64_t s0, s1, d0, d1, sport, dport, proto, ports, service
+    cdef uint64_t s0, s1, d0, d1, sport, dport, proto
     cdef uint8_t flags
     cdef double* stats
+    cdef const double* src_growth
+    cdef const double* dst_growth
+    cdef const double* growth
+    cdef packet_keys ring[KEY_RING]
+    cdef packet_keys* keys
 
+    # Sums are stored scaled by exp(rate * (t - landmark)) of the time t
+    # they were added at, so the value at time T is the stored sum times
+    # exp(-rate * (T - landmark)). An update then adds without decaying
+    # the key's other sums first, and costs no exp() beyond the packet's
+    # own factors. A key's sums are added at its effective time: the packet
+    # time, or the key's last update when the packet is older (reordered
+    # input adds undecayed, as if it came at the last update). The landmark
+    # moves to the packet time when the fastest half-life's factor passes
+    # exp(RENORMALISE_NATS); each key's sums move to the new landmark at
+    # the key's next update (_key_growth), so no update walks the table.
+    #
+    # The loop runs LOOKAHEAD packets behind its key preparation: packet
+    # i + LOOKAHEAD gets its keys hashed and its likely slots prefetched
+    # while packet i is applied.
     with nogil:
-        for i in range(count):
+        for ahead in range(count + LOOKAHEAD):
+            if ahead < count:
+                _prepare(&ring[ahead & (KEY_RING - 1)], ahead, ts_ns, wirelen, ip_version, status,
+                         src_addr, dst_addr, src_port, dst_port, ip_proto, tcp_flags, base_ns,
+                         &hosts, &pairs, &sockets, &services, host_base, pair_base, sock_base,
+                         &host_last_sent[0], last_seen, host_row, pair_row)
+            i = ahead - LOOKAHEAD
+            if i < 0:
+                continue
+            keys = &ring[i & (KEY_RING - 1)]
             # Truncated packets still carry valid addresses, but malformed
             # and non-IP ones do not.
-            if ip_version[i] == 0 or status[i] > 1:
+            if not keys.valid:
                 counter[C_SKIPPED] += 1
                 continue
             counter[C_PACKETS] += 1
-            now_s = (ts_ns[i] - base_ns) * 1e-9
-            size = <double>wirelen[i]
-            flags = tcp_flags[i]
-            proto = ip_proto[i]
-            is_tcp = ip_proto[i] == 6
-            _address_words(src_addr, i, &s0, &s1)
-            _address_words(dst_addr, i, &d0, &d1)
-            sport = src_port[i]
-            dport = dst_port[i]
+            now_s = keys.now_s
+            size = keys.size
+            flags = keys.flags
+            proto = keys.proto
+            is_tcp = proto == 6
+            s0 = keys.s0
+            s1 = keys.s1
+            d0 = keys.d0
+            d1 = keys.d1
+            sport = keys.sport
+            dport = keys.dport
+
+            if (now_s - landmark_s) * fastest_rate > RENORMALISE_NATS:
+                landmark_s = now_s
 
             # Source host: size, inter-arrival time and connection attempts.
-            src_slot = _find_or_insert(&hosts, s0, s1, 0, 0, 0, counter, &is_new)
+            src_slot = _find_or_insert(&hosts, keys.src_start, s0, s1, 0, 0, 0, counter, &is_new)
             stats = host_base + src_slot * host_row
             if is_new:
                 _clear(stats, host_row)
-                host_time[src_slot] = now_s
                 host_last_sent[src_slot] = NAN
-            _decay_host(stats, &cache, rates, windows, now_s - host_time[src_slot])
-            if now_s > host_time[src_slot]:
-                host_time[src_slot] = now_s
+            src_growth = _key_growth(stats, &host_time[src_slot], host_key_landmark + src_slot, is_new, now_s,
+                                     landmark_s, windows, HOST_FIELDS, False, rates, power_of_next,
+                                     fastest_rate, &packet_growth, &src_late)
             gap_s = now_s - host_last_sent[src_slot]
             has_gap = gap_s == gap_s
             if has_gap and gap_s < 0.0:
                 gap_s = 0.0
             is_syn = is_tcp and (flags & TCP_SYN) != 0 and (flags & TCP_ACK) == 0
             for k in range(windows):
-                stats[k * HOST_FIELDS + H_W] += 1.0
-                stats[k * HOST_FIELDS + H_LS] += size
-                stats[k * HOST_FIELDS + H_SS] += size * size
+                stats[k * HOST_FIELDS + H_W] += src_growth[k]
+                stats[k * HOST_FIELDS + H_LS] += size * src_growth[k]
+                stats[k * HOST_FIELDS + H_SS] += size * size * src_growth[k]
                 if has_gap:
-                    stats[k * HOST_FIELDS + H_IW] += 1.0
-                    stats[k * HOST_FIELDS + H_ILS] += gap_s
-                    stats[k * HOST_FIELDS + H_ISS] += gap_s * gap_s
+                    stats[k * HOST_FIELDS + H_IW] += src_growth[k]
+                    stats[k * HOST_FIELDS + H_ILS] += gap_s * src_growth[k]
+                    stats[k * HOST_FIELDS + H_ISS] += gap_s * gap_s * src_growth[k]
                 if is_syn:
-                    stats[k * HOST_FIELDS + H_SYN] += 1.0
+                    stats[k * HOST_FIELDS + H_SYN] += src_growth[k]
             host_last_sent[src_slot] = now_s
 
             # Destination host: fan-in and SYN-ACKs received. Looked up after
             # the source, so an eviction here cannot reuse the source's slot
             # before its update above is complete.
-            dst_slot = _find_or_insert(&hosts, d0, d1, 0, 0, 0, counter, &is_new)
+            dst_slot = _find_or_insert(&hosts, keys.dst_start, d0, d1, 0, 0, 0, counter, &is_new)
             stats = host_base + dst_slot * host_row
             if is_new:
                 _clear(stats, host_row)
-                host_time[dst_slot] = now_s
                 host_last_sent[dst_slot] = NAN
-            _decay_host(stats, &cache, rates, windows, now_s - host_time[dst_slot])
-            if now_s > host_time[dst_slot]:
-                host_time[dst_slot] = now_s
+            dst_growth = _key_growth(stats, &host_time[dst_slot], host_key_landmark + dst_slot, is_new, now_s,
+                                     landmark_s, windows, HOST_FIELDS, False, rates, power_of_next,
+                                     fastest_rate, &packet_growth, &dst_late)
             if is_tcp and (flags & TCP_SYN) != 0 and (flags & TCP_ACK) != 0:
                 for k in range(windows):
-                    stats[k * HOST_FIELDS + H_SYNACK] += 1.0
+                    stats[k * HOST_FIELDS + H_SYNACK] += dst_growth[k]
 
             # Host pair, canonical order: direction 0 when the lower address sends.
-            if s0 < d0 or (s0 == d0 and s1 <= d1):
-                direction = 0
-                slot = _find_or_insert(&pairs, s0, s1, d0, d1, 0, counter, &is_new)
-            else:
-                direction = 1
-                slot = _find_or_insert(&pairs, d0, d1, s0, s1, 0, counter, &is_new)
+            direction = keys.pair_direction
+            slot = _find_or_insert(&pairs, keys.pair_start, keys.pair_key[0], keys.pair_key[1],
+                                   keys.pair_key[2], keys.pair_key[3], 0, counter, &is_new)
             stats = pair_base + slot * pair_row
             if is_new:
                 _clear(stats, pair_row)
-                pair_time[slot] = now_s
                 last_seen[2 * slot] = -INFINITY
                 last_seen[2 * slot + 1] = -INFINITY
-            _decay_pair(stats, &cache, rates, windows, now_s - pair_time[slot])
-            if now_s > pair_time[slot]:
-                pair_time[slot] = now_s
+            growth = _key_growth(stats, &pair_time[slot], pair_key_landmark + slot, is_new, now_s, landmark_s,
+                                 windows, PAIR_FIELDS, True, rates, power_of_next, fastest_rate,
+                                 &packet_growth, &pair_late)
             silence_s = now_s - last_seen[2 * slot + direction]
             last_seen[2 * slot + direction] = now_s
             src_slot_again = src_slot
@@ -375,35 +621,27 @@ def update_tables(
                 # The destination lookup evicted the source: nothing to credit.
                 src_slot_again = -1
             for k in range(windows):
-                _add_directional(stats + k * PAIR_FIELDS, direction, size)
+                _add_directional(stats + k * PAIR_FIELDS, direction, size, growth[k])
                 if silence_s > half_lives[k]:
                     if src_slot_again >= 0:
-                        host_base[src_slot_again * host_row + k * HOST_FIELDS + H_FAN_HOSTS] += 1.0
-                    host_base[dst_slot * host_row + k * HOST_FIELDS + H_FANIN] += 1.0
+                        host_base[src_slot_again * host_row + k * HOST_FIELDS + H_FAN_HOSTS] += src_growth[k]
+                    host_base[dst_slot * host_row + k * HOST_FIELDS + H_FANIN] += dst_growth[k]
 
             # Socket pair, canonical by (address, port).
-            src_first = s0 < d0 or (s0 == d0 and (s1 < d1 or (s1 == d1 and sport <= dport)))
-            if src_first:
-                direction = 0
-                ports = (sport << 24) | (dport << 8) | proto
-                slot = _find_or_insert(&sockets, s0, s1, d0, d1, ports, counter, &is_new)
-            else:
-                direction = 1
-                ports = (dport << 24) | (sport << 8) | proto
-                slot = _find_or_insert(&sockets, d0, d1, s0, s1, ports, counter, &is_new)
+            direction = keys.socket_direction
+            slot = _find_or_insert(&sockets, keys.socket_start, keys.socket_key[0], keys.socket_key[1],
+                                   keys.socket_key[2], keys.socket_key[3], keys.socket_key[4], counter, &is_new)
             stats = sock_base + slot * pair_row
             if is_new:
                 _clear(stats, pair_row)
-                sock_time[slot] = now_s
-            _decay_pair(stats, &cache, rates, windows, now_s - sock_time[slot])
-            if now_s > sock_time[slot]:
-                sock_time[slot] = now_s
+            growth = _key_growth(stats, &sock_time[slot], sock_key_landmark + slot, is_new, now_s, landmark_s,
+                                 windows, PAIR_FIELDS, True, rates, power_of_next, fastest_rate,
+                                 &packet_growth, &socket_late)
             for k in range(windows):
-                _add_directional(stats + k * PAIR_FIELDS, direction, size)
+                _add_directional(stats + k * PAIR_FIELDS, direction, size, growth[k])
 
             # Service: (source, destination, destination port, protocol).
-            service = (dport << 8) | proto
-            slot = _find_or_insert(&services, s0, s1, d0, d1, service, counter, &is_new)
+            slot = _find_or_insert(&services, keys.service_start, s0, s1, d0, d1, keys.service, counter, &is_new)
             if is_new:
                 silence_s = INFINITY
             else:
@@ -413,7 +651,8 @@ def update_tables(
             if src_slot_again >= 0:
                 for k in range(windows):
                     if silence_s > half_lives[k]:
-                        host_base[src_slot_again * host_row + k * HOST_FIELDS + H_FAN_PORTS] += 1.0
+                        host_base[src_slot_again * host_row + k * HOST_FIELDS + H_FAN_PORTS] += src_growth[k]
+    landmark[0] = landmark_s
 
 
 cdef inline double _std(double weight, double linear_sum, double squared_sum) noexcept nogil:
@@ -432,10 +671,12 @@ cdef inline double _mean(double weight, double linear_sum) noexcept nogil:
     return linear_sum / weight
 
 
-cdef inline double _decay_factor(double rate, double now_s, double then_s) noexcept nogil:
-    if now_s <= then_s:
-        return 1.0
-    return exp(-(now_s - then_s) * rate)
+cdef inline double _decay_factor(double rate, double now_s, double then_s, double landmark_s) noexcept nogil:
+    # A key's sums are scaled to its landmark; a query before the key's
+    # last update reads the sums as of that update.
+    if now_s < then_s:
+        now_s = then_s
+    return exp(-(now_s - landmark_s) * rate)
 
 
 cdef inline void _write_directional(double[:, :] out, Py_ssize_t row, Py_ssize_t column, const double* stats,
@@ -472,8 +713,11 @@ def query_tables(
     const uint64_t[:] dst_port, const uint64_t[:] protocol, const int64_t[:] at_ns,
     int64_t base_ns, const double[::1] decay_rates,
     uint64_t[:, ::1] host_keys, uint8_t[::1] host_used, double[::1] host_time, double[:, :, ::1] host_stats,
+    const double[::1] host_landmark,
     uint64_t[:, ::1] pair_keys, uint8_t[::1] pair_used, double[::1] pair_time, double[:, :, ::1] pair_stats,
+    const double[::1] pair_landmark,
     uint64_t[:, ::1] sock_keys, uint8_t[::1] sock_used, double[::1] sock_time, double[:, :, ::1] sock_stats,
+    const double[::1] sock_landmark,
     double[:, :] out, Py_ssize_t first_column,
 ):
     """Write the window features of each (source, destination, ports, protocol) row into out.
@@ -497,6 +741,9 @@ def query_tables(
     sockets.used = &sock_used[0]
     sockets.time_s = &sock_time[0]
     sockets.mask = <uint64_t>(sock_keys.shape[0] - 1)
+    hosts.landmark_s = NULL
+    pairs.landmark_s = NULL
+    sockets.landmark_s = NULL
     cdef const double* host_base = &host_stats[0, 0, 0]
     cdef const double* pair_base = &pair_stats[0, 0, 0]
     cdef const double* sock_base = &sock_stats[0, 0, 0]
@@ -539,7 +786,7 @@ def query_tables(
                 column = first_column + k * OUT_PER_WINDOW
                 rate = decay_rates[k]
                 if src_slot >= 0:
-                    factor = _decay_factor(rate, now_s, host_time[src_slot])
+                    factor = _decay_factor(rate, now_s, host_time[src_slot], host_landmark[src_slot])
                     stats = host_base + src_slot * host_row + k * HOST_FIELDS
                     w = stats[H_W]
                     iw = stats[H_IW]
@@ -556,13 +803,13 @@ def query_tables(
                         ratio = 1.0 - stats[H_SYNACK] / syn
                         out[i, column + OUT_FAN + 4] = min(max(ratio, 0.0), 1.0)
                 if dst_slot >= 0:
-                    factor = _decay_factor(rate, now_s, host_time[dst_slot])
+                    factor = _decay_factor(rate, now_s, host_time[dst_slot], host_landmark[dst_slot])
                     out[i, column + OUT_FAN + 2] = host_base[dst_slot * host_row + k * HOST_FIELDS + H_FANIN] * factor
                 if pair_slot >= 0:
-                    factor = _decay_factor(rate, now_s, pair_time[pair_slot])
+                    factor = _decay_factor(rate, now_s, pair_time[pair_slot], pair_landmark[pair_slot])
                     _write_directional(out, i, column + OUT_PAIR, pair_base + pair_slot * pair_row + k * PAIR_FIELDS,
                                        pair_direction, factor)
                 if sock_slot >= 0:
-                    factor = _decay_factor(rate, now_s, sock_time[sock_slot])
+                    factor = _decay_factor(rate, now_s, sock_time[sock_slot], sock_landmark[sock_slot])
                     _write_directional(out, i, column + OUT_SOCKET, sock_base + sock_slot * pair_row + k * PAIR_FIELDS,
                                        sock_direction, factor)

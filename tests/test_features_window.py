@@ -64,8 +64,12 @@ def weighted_stats(events, at_s, half_life_s):
     times = np.array([t for t, _ in events])
     values = np.array([v for _, v in events])
     weights = np.power(2.0, -(at_s - times) / half_life_s)
-    mean = float(np.sum(weights * values) / np.sum(weights))
-    variance = float(np.sum(weights * values**2) / np.sum(weights)) - mean**2
+    # Mean and variance do not change when every weight is scaled, so they
+    # use weights relative to the newest event: long after the last event
+    # the weights at at_s underflow, while the statistics still exist.
+    relative = np.power(2.0, -(times.max() - times) / half_life_s)
+    mean = float(np.sum(relative * values) / np.sum(relative))
+    variance = float(np.sum(relative * values**2) / np.sum(relative)) - mean**2
     return float(np.sum(weights)), mean, math.sqrt(max(variance, 0.0))
 
 
@@ -150,6 +154,64 @@ def test_window_kernel_matches_reference(seed):
                 # cancelled difference, so it gets an absolute tolerance.
                 tolerance = 1e-4 if name.endswith(("_std", "_radius")) else 1e-9
                 assert actual == pytest.approx(value, rel=1e-7, abs=tolerance), (name, half_life_s, src, dst)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_window_kernel_matches_reference_across_landmarks(seed):
+    # Gaps of 2 s on average over about 800 s: the stored sums move to a new
+    # landmark every 58 s (400 e-folds of the 0.1 s half-life), and keys
+    # idle for minutes are rescaled at their next update.
+    rng = np.random.default_rng(seed)
+    rows = [(t, s, d, sp, dp, pr, size, flags) for t, s, d, sp, dp, pr, size, flags in random_rows(seed)]
+    times = np.cumsum(rng.exponential(2.0, len(rows)))
+    rows = [(float(t),) + row[1:] for t, row in zip(times, rows)]
+    windows = WindowFeatures(capacity=1024)
+    windows.update(make_packets(rows))
+    assert windows.landmark[0] > 600.0
+    at_s = rows[-1][0] + 0.05
+    stems = [stem for stem, _unit, _meaning in WINDOW_STEMS]
+    for src, dst in ((1, 2), (3, 5), (4, 1)):
+        features = query_one(windows, src, dst, 1000, 80, TCP, at_s)
+        for k, half_life_s in enumerate(HALF_LIVES_S):
+            expected = reference_features(rows, src, dst, 1000, 80, TCP, at_s, half_life_s)
+            for name, value in expected.items():
+                actual = features[k * OUT_PER_WINDOW + stems.index(name)]
+                tolerance = 1e-4 if name.endswith(("_std", "_radius")) else 1e-9
+                assert actual == pytest.approx(value, rel=1e-7, abs=tolerance), (name, half_life_s, src, dst)
+
+
+def test_window_idle_key_reads_its_last_burst_after_landmarks_moved():
+    # Hosts 7 and 8 exchange a burst, then go quiet while hosts 1 and 2
+    # talk for 300 s (the landmark moves five times). A flow of 7 -> 8
+    # scored at its last packet (as an idle timeout does) must still read
+    # the burst's weights, not values lost to rescaling.
+    burst = [(0.01 * j, 7, 8, 1000, 80, UDP, 200 + j, 0) for j in range(5)]
+    others = [(1.0 + 0.5 * j, 1, 2, 1000, 80, UDP, 100, 0) for j in range(600)]
+    windows = WindowFeatures(capacity=1024)
+    windows.update(make_packets(burst + others))
+    assert windows.landmark[0] > 250.0
+    at_s = burst[-1][0]
+    features = query_one(windows, 7, 8, 1000, 80, UDP, at_s)
+    stems = [stem for stem, _unit, _meaning in WINDOW_STEMS]
+    for k, half_life_s in enumerate(HALF_LIVES_S):
+        expected = reference_features(burst, 7, 8, 1000, 80, UDP, at_s, half_life_s)
+        for name in ("src_host_weight", "src_host_size_mean", "pair_weight", "src_fanout_hosts"):
+            actual = features[k * OUT_PER_WINDOW + stems.index(name)]
+            assert actual == pytest.approx(expected[name], rel=1e-9), (name, half_life_s)
+
+
+def test_window_late_packet_after_landmark_moved_stays_finite():
+    # A packet 200 s older than everything before it (a second capture that
+    # starts earlier) counts at the landmark instead of underflowing.
+    rows = [(300.0 + 0.5 * j, 1, 2, 1000, 80, UDP, 100, 0) for j in range(10)]
+    rows.append((100.0, 3, 4, 1000, 80, UDP, 400, 0))
+    windows = WindowFeatures(capacity=64)
+    windows.update(make_packets(rows))
+    features = query_one(windows, 3, 4, 1000, 80, UDP, 100.0)
+    assert np.all(np.isfinite(features))
+    for k in range(len(HALF_LIVES_S)):
+        assert features[k * OUT_PER_WINDOW + OUT_SRC_HOST + 0] == pytest.approx(1.0)
+        assert features[k * OUT_PER_WINDOW + OUT_SRC_HOST + 1] == pytest.approx(400.0)
 
 
 def test_window_socket_pair_uses_ports():

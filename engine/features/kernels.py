@@ -4,11 +4,24 @@ The loops live in the Cython module engine._native.windowfeatures
 (ext/windowfeatures.pyx) and run without the GIL. This module keeps the
 layout constants that engine.features.window and the tests use.
 
-Every statistic is a damped sum: before a new value is added at time t, the
-sums of its key are multiplied by 2^(-(t - t_last) / half_life), so a packet
-of age a counts 2^(-a / half_life). Weight, mean and variance follow from
-the sums (weight W, linear sum LS, squared sum SS): mean = LS / W,
-variance = SS / W - mean^2. Each update is O(1) per key and half-life.
+Every statistic is a damped sum: a packet of age a counts
+2^(-a / half_life). Weight, mean and variance follow from the sums (weight
+W, linear sum LS, squared sum SS): mean = LS / W, variance = SS / W - mean^2.
+Each update is O(1) per key and half-life.
+
+The sums are stored against a landmark time L rather than decayed at every
+update: a value added at time t is stored times exp(rate * (t - L)), with
+rate = ln 2 / half_life, and the sum at time T is the stored sum times
+exp(-rate * (T - L)). An update then only adds. The packet's growth
+factors are computed once and shared by every key it touches, while
+decaying each key at its update cost an exp() per key and half-life and a
+multiply per stored field. Means, variances and the pair residuals are
+ratios of sums of one scale and need no factor. The landmark moves forward to the packet time once the
+fastest half-life's factor passes exp(400) (every 58 s of traffic with the
+0.1 s half-life), and each key is rescaled to the new landmark at its next
+update, so no update walks a whole table. A key whose packets are all
+older than the landmark by more than 300 e-folds of the fastest half-life
+(43 s for 0.1 s: merged captures, a clock step) keeps a landmark of its own.
 
 Four open-addressing tables hold the state, each with a fixed capacity (a
 power of two) and fixed-width keys of five uint64 words:
@@ -27,7 +40,8 @@ emptied, so a lookup may stop at the first unused slot.
 
 Timestamps inside the kernels are float64 seconds since the table's base
 time (the first packet seen), which keeps microsecond precision for years.
-A timestamp that goes backwards decays nothing and adds a zero gap.
+A packet older than its key's last update counts as if it came at that
+update (it decays nothing) and adds a zero gap.
 """
 
 from engine._native import windowfeatures

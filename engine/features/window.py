@@ -45,8 +45,8 @@ class WindowFeatures:
     pairs and services each have their own table of that size). A new key
     that finds all MAX_PROBE slots of its probe window taken evicts the
     least recently active of them; `counters` counts the evictions per
-    table. Memory is about 850 bytes per capacity unit with the four
-    default half-lives, so the default 65536 takes about 55 MB.
+    table. Memory is about 1,170 bytes per capacity unit with the four
+    default half-lives, so the default 65536 takes about 77 MB.
     """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, half_lives_s=HALF_LIVES_S):
@@ -54,7 +54,7 @@ class WindowFeatures:
         # to fault in. A new key lands on a random slot, so a lazily mapped
         # table paid a page fault for most of its first keys, and a fresh
         # table's first pass ran 2-4x slower than later ones. The cost moves
-        # to start-up: about 55 MB to write at the default capacity.
+        # to start-up: about 77 MB to write at the default capacity.
         capacity = _check_capacity("capacity", capacity)
         half_lives = np.asarray(half_lives_s, dtype=np.float64)
         if half_lives.ndim != 1 or half_lives.size == 0 or not np.all(half_lives > 0):
@@ -74,17 +74,20 @@ class WindowFeatures:
         self.host_time = _resident_zeros(capacity, dtype=np.float64)
         self.host_last_sent = np.full(capacity, np.nan)
         self.host_stats = _resident_zeros((capacity, windows, kernels.HOST_FIELDS))
+        self.host_landmark = _resident_zeros(capacity, dtype=np.float64)
 
         self.pair_keys = _resident_zeros((capacity, words), dtype=np.uint64)
         self.pair_used = _resident_zeros(capacity, dtype=np.uint8)
         self.pair_time = _resident_zeros(capacity, dtype=np.float64)
         self.pair_last_seen = np.full((capacity, 2), -np.inf)
         self.pair_stats = _resident_zeros((capacity, windows, kernels.PAIR_FIELDS))
+        self.pair_landmark = _resident_zeros(capacity, dtype=np.float64)
 
         self.sock_keys = _resident_zeros((capacity, words), dtype=np.uint64)
         self.sock_used = _resident_zeros(capacity, dtype=np.uint8)
         self.sock_time = _resident_zeros(capacity, dtype=np.float64)
         self.sock_stats = _resident_zeros((capacity, windows, kernels.PAIR_FIELDS))
+        self.sock_landmark = _resident_zeros(capacity, dtype=np.float64)
 
         self.service_keys = _resident_zeros((capacity, words), dtype=np.uint64)
         self.service_used = _resident_zeros(capacity, dtype=np.uint8)
@@ -92,6 +95,8 @@ class WindowFeatures:
 
         self.counters = np.zeros(len(kernels.COUNTER_NAMES), dtype=np.int64)
         self.base_ns: int | None = None
+        # Seconds since base_ns that new sums are scaled to; see kernels.
+        self.landmark = np.zeros(1, dtype=np.float64)
         self._logged_evictions = 0
 
     @property
@@ -122,10 +127,12 @@ class WindowFeatures:
             packets["ts_ns"], packets["wirelen"], packets["ip_version"], packets["status"],
             packets["src_addr"], packets["dst_addr"], packets["src_port"], packets["dst_port"],
             packets["ip_proto"], packets["tcp_flags"],
-            np.int64(self.base_ns), self.half_lives_s, self.decay_rates,
+            np.int64(self.base_ns), self.half_lives_s, self.decay_rates, self.landmark,
             self.host_keys, self.host_used, self.host_time, self.host_last_sent, self.host_stats,
+            self.host_landmark,
             self.pair_keys, self.pair_used, self.pair_time, self.pair_last_seen, self.pair_stats,
-            self.sock_keys, self.sock_used, self.sock_time, self.sock_stats,
+            self.pair_landmark,
+            self.sock_keys, self.sock_used, self.sock_time, self.sock_stats, self.sock_landmark,
             self.service_keys, self.service_used, self.service_time,
             self.counters,
         )
@@ -175,9 +182,9 @@ class WindowFeatures:
             np.asarray(src_port).astype(np.uint64), np.asarray(dst_port).astype(np.uint64),
             np.asarray(protocol).astype(np.uint64), np.asarray(at_ns, dtype=np.int64),
             np.int64(base_ns), self.decay_rates,
-            self.host_keys, self.host_used, self.host_time, self.host_stats,
-            self.pair_keys, self.pair_used, self.pair_time, self.pair_stats,
-            self.sock_keys, self.sock_used, self.sock_time, self.sock_stats,
+            self.host_keys, self.host_used, self.host_time, self.host_stats, self.host_landmark,
+            self.pair_keys, self.pair_used, self.pair_time, self.pair_stats, self.pair_landmark,
+            self.sock_keys, self.sock_used, self.sock_time, self.sock_stats, self.sock_landmark,
             out, first_column,
         )
         return out
