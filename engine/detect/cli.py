@@ -36,6 +36,16 @@ def train_command(captures, label_paths, validation_captures, output, seed, roun
     threshold; the rest are trained on. Needs LightGBM (pip install
     wardwatch[train]). Exit codes: 0 written, 1 training failed, 2 usage.
     """
+    # Checked before the captures are read, which takes minutes.
+    try:
+        import lightgbm  # noqa: F401
+    except ImportError as error:
+        raise click.ClickException(
+            f"training needs LightGBM, which cannot be imported ({error}); install the train extra with"
+            " pip install '.[train]' in the source tree, or pip install 'wardwatch[train]'"
+        ) from None
+    import numpy as np
+
     from engine.detect.dataset import load_dataset
     from engine.detect.model import save_model
     from engine.detect.training import train_model
@@ -54,9 +64,14 @@ def train_command(captures, label_paths, validation_captures, output, seed, roun
     split = len(captures) - validation_captures
     try:
         X_train, y_train = load_dataset(captures[:split], label_paths[:split])
-        X_valid, y_valid = load_dataset(captures[split:], label_paths[split:])
+        # One group per validation capture: the anomaly threshold keeps each
+        # capture's benign false-positive rate within the target.
+        valid_parts = [load_dataset([c], [l]) for c, l in zip(captures[split:], label_paths[split:])]
+        X_valid = np.concatenate([X for X, _ in valid_parts])
+        y_valid = np.concatenate([y for _, y in valid_parts])
+        valid_groups = np.concatenate([np.full(y.size, Path(c).name) for c, (_, y) in zip(captures[split:], valid_parts)])
         model = train_model(
-            X_train, y_train, X_valid, y_valid, seed=seed, rounds=rounds,
+            X_train, y_train, X_valid, y_valid, seed=seed, rounds=rounds, valid_groups=valid_groups,
             metadata_extra={"train_captures": [Path(c).name for c in captures[:split]],
                             "validation_captures": [Path(c).name for c in captures[split:]]},
         )

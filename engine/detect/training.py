@@ -20,7 +20,9 @@ from engine.taxonomy import ATTACK_CLASSES, BENIGN
 
 log = logging.getLogger(__name__)
 
-# Target false-positive rates on benign validation flows.
+# Target false-positive rates on benign validation flows. The anomaly rate
+# applies to each validation group on its own (see choose_anomaly_threshold),
+# so quiet night traffic cannot hide behind a busy day capture.
 CLASSIFIER_BENIGN_FPR = 0.001
 ANOMALY_BENIGN_FPR = 0.01
 
@@ -81,11 +83,31 @@ def choose_class_thresholds(proba, y, class_names, max_benign_fpr=CLASSIFIER_BEN
     return thresholds
 
 
-def choose_anomaly_threshold(benign_scores, target_fpr=ANOMALY_BENIGN_FPR) -> float:
-    """Return the score above which at most target_fpr of the benign rows lie."""
+def choose_anomaly_threshold(benign_scores, target_fpr=ANOMALY_BENIGN_FPR, groups=None) -> float:
+    """Return the score above which at most target_fpr of the benign rows lie.
+
+    With `groups` (one label per row, such as the capture a row came from),
+    every group meets the bound, because the result is the largest of the
+    per-group thresholds.
+    """
+    benign_scores = np.asarray(benign_scores)
     if benign_scores.size == 0:
         raise ValueError("no benign validation rows to choose the anomaly threshold on")
-    return float(np.quantile(benign_scores, 1.0 - target_fpr, method="higher"))
+    if groups is None:
+        return float(np.quantile(benign_scores, 1.0 - target_fpr, method="higher"))
+    return max(anomaly_thresholds_by_group(benign_scores, groups, target_fpr).values())
+
+
+def anomaly_thresholds_by_group(benign_scores, groups, target_fpr=ANOMALY_BENIGN_FPR) -> dict[str, float]:
+    """Return per group the score above which at most target_fpr of its benign rows lie."""
+    benign_scores = np.asarray(benign_scores)
+    groups = np.asarray(groups)
+    if groups.shape != benign_scores.shape:
+        raise ValueError(f"got {groups.size} group labels for {benign_scores.size} benign scores; pass one per row")
+    return {
+        str(name): float(np.quantile(benign_scores[groups == name], 1.0 - target_fpr, method="higher"))
+        for name in np.unique(groups)
+    }
 
 
 def evaluate(model: Model, X, y_names) -> dict:
@@ -141,12 +163,17 @@ def cap_rows_per_class(X, y, max_rows: int, seed: int = 0):
 
 def train_model(
     X_train, y_train, X_valid, y_valid, *, seed=0, rounds=300, anomaly_trees=200,
-    max_train_rows_per_class=None, metadata_extra=None,
+    max_train_rows_per_class=None, metadata_extra=None, valid_groups=None,
+    anomaly_target_fpr=ANOMALY_BENIGN_FPR, anomaly_extra_benign=None,
 ) -> Model:
     """Train the classifier and the benign-only anomaly model; return a Model ready to save.
 
     y_* are class names. Validation rows stop boosting early and set the
     per-class and anomaly thresholds; they are never trained on.
+    valid_groups names the traffic kind of each validation row (such as
+    its capture); the anomaly threshold then keeps every kind's benign
+    false-positive rate within anomaly_target_fpr. anomaly_extra_benign
+    contains benign rows that only the isolation forest learns from.
     """
     import lightgbm
 
@@ -177,12 +204,13 @@ def train_model(
         raise RuntimeError(f"LightGBM returned {outputs} outputs for {len(class_names)} classes")
 
     benign_train = X_train[y_train == BENIGN]
-    anomaly, subsample = fit_isolation_forest(benign_train, trees=anomaly_trees, seed=seed)
+    if anomaly_extra_benign is not None and len(anomaly_extra_benign):
+        benign_train = np.concatenate([benign_train, np.asarray(anomaly_extra_benign, dtype=benign_train.dtype)])
 
     metadata = {
         "class_names": class_names,
         "thresholds": {},
-        "anomaly": {"threshold": 1.0, "subsample": subsample, "target_benign_fpr": ANOMALY_BENIGN_FPR},
+        "anomaly": {"threshold": 1.0, "subsample": 1},
         "feature_schema": schema_to_json(),
         "feature_schema_hash": FEATURE_SCHEMA_HASH,
         "training": {
@@ -194,6 +222,7 @@ def train_model(
             "train_rows": int(X_train.shape[0]),
             "validation_rows": int(X_valid.shape[0]),
             "train_rows_per_class": {n: int(np.sum(y_train == n)) for n in class_names},
+            "anomaly_train_rows": int(benign_train.shape[0]),
             "validation_rows_per_class": {n: int(np.sum(y_valid == n)) for n in class_names},
             "classifier_target_benign_fpr": CLASSIFIER_BENIGN_FPR,
             "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -201,18 +230,58 @@ def train_model(
     }
     if metadata_extra:
         metadata["training"].update(metadata_extra)
-    model = Model(metadata, classifier, anomaly)
+    model = Model(metadata, classifier, None)
+    fit_anomaly_forest(model, benign_train, seed=seed, trees=anomaly_trees)
 
     proba = model.predict_proba(X_valid)
     model.thresholds = choose_class_thresholds(proba, valid_codes, class_names)
-    benign_scores = model.anomaly_score(X_valid[y_valid == BENIGN])
-    model.anomaly_threshold = choose_anomaly_threshold(benign_scores)
     metadata["thresholds"] = model.thresholds
-    metadata["anomaly"]["threshold"] = model.anomaly_threshold
-    # Analysts compare an anomalous flow's features with these medians.
-    medians = np.nanmedian(benign_train.astype(np.float64), axis=0)
-    metadata["anomaly"]["benign_medians"] = [float(v) for v in np.nan_to_num(medians)]
-    model.benign_medians = np.asarray(metadata["anomaly"]["benign_medians"])
+    benign_valid = y_valid == BENIGN
+    benign_groups = None if valid_groups is None else np.asarray(valid_groups)[benign_valid]
+    calibrate_anomaly(model, X_valid[benign_valid], benign_groups, anomaly_target_fpr)
     metadata["validation_metrics"] = evaluate(model, X_valid, y_valid)
     log.info("validation metrics: %s", metadata["validation_metrics"])
     return model
+
+
+def fit_anomaly_forest(model: Model, benign_train, *, seed=0, trees=200) -> None:
+    """Fit the model's isolation forest on benign rows, in place; the threshold is left to calibrate_anomaly()."""
+    benign_train = np.asarray(benign_train)
+    forest, subsample = fit_isolation_forest(benign_train, trees=trees, seed=seed)
+    model.anomaly = forest
+    model._anomaly_subsample = subsample
+    # Analysts compare an anomalous flow's features with these medians.
+    medians = np.nan_to_num(np.nanmedian(benign_train.astype(np.float64), axis=0))
+    model.benign_medians = medians
+    model.metadata["anomaly"] = {
+        "threshold": 1.0,
+        "subsample": subsample,
+        "trees": trees,
+        "seed": seed,
+        "train_rows": int(benign_train.shape[0]),
+        "benign_medians": [float(v) for v in medians],
+    }
+    model.anomaly_threshold = 1.0
+
+
+def calibrate_anomaly(model: Model, benign_valid, groups=None, target_fpr=ANOMALY_BENIGN_FPR) -> None:
+    """Set the model's anomaly threshold from benign validation rows, in place.
+
+    With `groups` (one label per row), every group's benign false-positive
+    rate stays within target_fpr, and the metadata records each group's
+    own threshold and row count.
+    """
+    scores = model.anomaly_score(benign_valid)
+    anomaly = model.metadata["anomaly"]
+    anomaly["target_benign_fpr"] = target_fpr
+    if groups is None:
+        model.anomaly_threshold = choose_anomaly_threshold(scores, target_fpr)
+        anomaly.pop("threshold_by_group", None)
+        anomaly.pop("benign_rows_by_group", None)
+    else:
+        groups = np.asarray(groups)
+        by_group = anomaly_thresholds_by_group(scores, groups, target_fpr)
+        model.anomaly_threshold = max(by_group.values())
+        anomaly["threshold_by_group"] = by_group
+        anomaly["benign_rows_by_group"] = {name: int(np.sum(groups == name)) for name in by_group}
+    anomaly["threshold"] = model.anomaly_threshold
