@@ -24,15 +24,37 @@ EXIT_CAPTURE_ERROR = 1
 
 
 class FlowWriter:
-    """Writer of flow records to a text stream, as JSON lines or CSV with a header."""
+    """Writer of flow records to a text stream, as JSON lines or CSV with a header.
+
+    write_flows() formats FLOW_DTYPE rows column by column; write() takes
+    the dicts of flows_to_records(). Both write the same bytes for the same
+    flows, and the CSV header is written once, before the first row.
+    """
 
     def __init__(self, stream, output_format: str):
         self.stream = stream
         self.output_format = output_format
-        self._csv = None
+        self._csv = csv.writer(stream, lineterminator="\n") if output_format == "csv" else None
+        self._csv_fields: list[str] | None = None
         self.count = 0
 
+    def write_flows(self, flows) -> None:
+        """Write one record per FLOW_DTYPE row."""
+        from engine.flows.records import RECORD_FIELDS, iter_csv_text, iter_json_lines
+
+        if len(flows) == 0:
+            return
+        if self.output_format == "jsonl":
+            pieces = iter_json_lines(flows)
+        else:
+            self._write_csv_header(list(RECORD_FIELDS))
+            pieces = iter_csv_text(flows)
+        for piece in pieces:
+            self.stream.write(piece)
+        self.count += len(flows)
+
     def write(self, records: list[dict]) -> None:
+        """Write one record per dict, as flows_to_records() returns them."""
         for record in records:
             if self.output_format == "jsonl":
                 self.stream.write(json.dumps(record, separators=(",", ":")))
@@ -40,11 +62,16 @@ class FlowWriter:
             else:
                 row = dict(record)
                 row["vlan_ids"] = ";".join(str(v) for v in row["vlan_ids"])
-                if self._csv is None:
-                    self._csv = csv.DictWriter(self.stream, fieldnames=list(row), lineterminator="\n")
-                    self._csv.writeheader()
-                self._csv.writerow(row)
+                self._write_csv_header(list(row))
+                if list(row) != self._csv_fields:
+                    raise ValueError(f"flow record fields {list(row)} differ from the CSV header {self._csv_fields}")
+                self._csv.writerow(list(row.values()))
             self.count += 1
+
+    def _write_csv_header(self, fields: list[str]) -> None:
+        if self._csv_fields is None:
+            self._csv.writerow(fields)
+            self._csv_fields = fields
 
 
 def _output_format(path: str) -> str:
@@ -57,7 +84,7 @@ def _output_format(path: str) -> str:
     return OUTPUT_FORMATS[suffix]
 
 
-# Flows converted to dicts and written at a time at the end of input.
+# Flows formatted and written at a time at the end of input.
 WRITE_SLICE_FLOWS = 8192
 
 
@@ -98,7 +125,7 @@ def flows_command(captures, output, idle_timeout_s, active_timeout_s, capacity, 
     # Imported here so `wardwatch --help` does not load the compiled kernels.
     from engine.capture import CaptureError, open_capture
     from engine.decode import anomaly_counts, decode_batch, new_anomaly_counters
-    from engine.flows import FlowTable, flows_to_records
+    from engine.flows import FlowTable
 
     output_format = _output_format(output) if output else "jsonl"
     try:
@@ -127,17 +154,17 @@ def flows_command(captures, output, idle_timeout_s, active_timeout_s, capacity, 
         for capture in captures:
             try:
                 with open_capture(capture) as reader:
-                    _run_capture(capture, reader, table, counters, writer, decode_batch, flows_to_records)
+                    _run_capture(capture, reader, table, counters, writer, decode_batch)
                     for name, value in reader.stats.items():
                         capture_stats[name] = capture_stats.get(name, 0) + value
             except (CaptureError, OSError) as error:
                 failure = f"cannot read capture {capture}: {error}"
                 break
-        # The table may hold up to --capacity live flows, and one dict per
-        # flow costs kilobytes, so the flushed flows are converted in slices.
+        # The table may hold up to --capacity live flows, and the text of
+        # one record is about 2 KB, so the flushed flows are written in slices.
         flushed = table.flush()
         for start in range(0, flushed.shape[0], WRITE_SLICE_FLOWS):
-            writer.write(flows_to_records(flushed[start : start + WRITE_SLICE_FLOWS]))
+            writer.write_flows(flushed[start : start + WRITE_SLICE_FLOWS])
     finally:
         if output:
             stream.close()
@@ -151,7 +178,7 @@ def flows_command(captures, output, idle_timeout_s, active_timeout_s, capacity, 
         sys.exit(EXIT_CAPTURE_ERROR)
 
 
-def _run_capture(capture, reader, table, counters, writer, decode_batch, flows_to_records):
+def _run_capture(capture, reader, table, counters, writer, decode_batch):
     size = _plain_file_size(capture)
     show_bar = size is not None and sys.stderr.isatty()
     bar = click.progressbar(length=size, label=os.path.basename(capture), file=sys.stderr) if show_bar else None
@@ -159,7 +186,7 @@ def _run_capture(capture, reader, table, counters, writer, decode_batch, flows_t
     try:
         for batch in reader:
             decode_batch(batch.packets, batch.data, counters)
-            writer.write(flows_to_records(table.update(batch.packets, batch.data)))
+            writer.write_flows(table.update(batch.packets, batch.data))
             if bar is not None and batch.count:
                 # A plain file is mapped whole, so data_offset is a file offset.
                 last = batch.packets[batch.count - 1]
