@@ -132,6 +132,7 @@ def beacon_flows(first_flow_id, starts_s) -> np.ndarray:
     flows["src_addr"][:, :4] = [10, 40, 0, 11]
     flows["dst_addr"][:, :4] = [198, 51, 100, 66]
     flows["dst_port"] = 443
+    flows["history"] = b"ShADadFf"  # a whole connection, handshake included
     flows["bidirectional_first_seen_ns"] = (np.asarray(starts_s) * 1e9).astype(np.int64)
     flows["bidirectional_last_seen_ns"] = flows["bidirectional_first_seen_ns"] + 200_000_000
     return flows

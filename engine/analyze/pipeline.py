@@ -22,6 +22,7 @@ from engine.decode import anomaly_counts, decode_batch, new_anomaly_counters
 from engine.features import WindowFeatures, flow_feature_matrix
 from engine.features.window import DEFAULT_CAPACITY as WINDOW_DEFAULT_CAPACITY
 from engine.flows import FlowTable
+from engine.flows.layout import EXPIRATION_NAMES
 from engine.flows.records import address_text, mac_text
 from engine.taxonomy import ATTACK_CLASSES, BENIGN
 
@@ -166,6 +167,9 @@ def interval_cv(starts_ns) -> float:
     return float(gaps.std() / gaps.mean())
 
 
+_EVICTED = EXPIRATION_NAMES.index("evicted")
+
+
 def _distinct_per_group(group_keys: np.ndarray, item_keys: np.ndarray) -> np.ndarray:
     """Return, per row, how many distinct item keys share the row's group key (uint8 key rows)."""
     width = group_keys.shape[1]
@@ -201,6 +205,8 @@ class Pipeline:
         # Flow ids already reported from an interim snapshot, so the same
         # live flow is not reported again at every snapshot.
         self._interim_reported: collections.OrderedDict = collections.OrderedDict()
+        # Flow ids counted by the last _model_detections call, for _interim.
+        self._last_reported_flow_ids = np.empty(0, dtype=np.uint64)
         # (source address, destination address) -> _BeaconTrack, bounded by MAX_BEACON_KEYS.
         self._beacon_tracks: collections.OrderedDict = collections.OrderedDict()
         self.set_model(model)
@@ -279,8 +285,28 @@ class Pipeline:
         if not interim:
             detections += [self._from_rule(hit) for hit in self.rules.on_flows(flows)]
         if self.model is not None:
+            if not interim:
+                flows = self._drop_reported_at_interim(flows)
             detections += self._model_detections(flows)
         return detections
+
+    def _drop_reported_at_interim(self, flows: np.ndarray) -> np.ndarray:
+        """Return the ended flows that no interim detection has already counted.
+
+        A flow reported while live keeps that detection: scoring it again at
+        its end counted it twice in the alert (a SYN flood read as twice its
+        flows). Its final record is not scored again.
+        """
+        if not self._interim_reported:
+            return flows
+        reported = np.fromiter(self._interim_reported, dtype=np.uint64, count=len(self._interim_reported))
+        seen = np.isin(flows["flow_id"], reported)
+        if not seen.any():
+            return flows
+        for flow_id in flows["flow_id"][seen].tolist():
+            self._interim_reported.pop(flow_id, None)
+        self.counters["flows_reported_at_interim"] += int(seen.sum())
+        return flows[~seen]
 
     def _interim(self, now_ns: int) -> list[Detection]:
         interval_ns = int(self.options.interim_interval_s * 1e9)
@@ -298,10 +324,11 @@ class Pipeline:
         if self._interim_reported:
             reported = np.fromiter(self._interim_reported, dtype=np.uint64, count=len(self._interim_reported))
             live = live[~np.isin(live["flow_id"], reported)]
+        self._last_reported_flow_ids = np.empty(0, dtype=np.uint64)
         detections = self.score_flows(live, interim=True)
-        for detection in detections:
-            for flow_id in detection.flow_ids:
-                self._interim_reported[flow_id] = True
+        # Every flow a detection counts, not only the MAX_FLOW_IDS it lists.
+        for flow_id in self._last_reported_flow_ids.tolist():
+            self._interim_reported[flow_id] = True
         while len(self._interim_reported) > 65_536:
             self._interim_reported.popitem(last=False)
         self.counters["interim_flows_scored"] += int(live.size)
@@ -334,8 +361,18 @@ class Pipeline:
         anomalous &= beacon_allowed
         flagged &= beacon_allowed
         anomalous &= ~flagged
+        # A flow pushed out of a full flow table is a fragment: its packets
+        # before and after the eviction land in separate records, whose
+        # features describe neither connection. Verdicts on it are dropped
+        # and counted; the table's own counters already warn of the overload.
+        evicted = flows["expiration_id"] == _EVICTED
+        if evicted.any():
+            self.counters["evicted_flows_not_reported"] += int((evicted & (flagged | anomalous)).sum())
+            flagged &= ~evicted
+            anomalous &= ~evicted
 
         rows = np.flatnonzero(flagged | anomalous)
+        self._last_reported_flow_ids = flows["flow_id"][rows]
         if rows.size == 0:
             return []
         self.counters["model_detections"] += int(flagged.sum())
@@ -349,11 +386,14 @@ class Pipeline:
         )
         _, group_of_row = np.unique(keys, axis=0, return_inverse=True)
         group_of_row = group_of_row.ravel()
-        detections = []
-        for group in range(int(group_of_row.max()) + 1):
-            members = rows[group_of_row == group]
-            detections.append(self._group_detection(flows, X, members, flagged, best, proba, anomaly))
-        return detections
+        # Sorted once and split, so a batch with many groups costs
+        # O(rows log rows) rather than a pass over all rows per group.
+        order = np.argsort(group_of_row, kind="stable")
+        bounds = np.flatnonzero(np.diff(group_of_row[order])) + 1
+        return [
+            self._group_detection(flows, X, rows[members], flagged, best, proba, anomaly)
+            for members in np.split(order, bounds)
+        ]
 
     def _group_detection(self, flows, X, members, flagged, best, proba, anomaly) -> Detection:
         """Build one detection for flagged or anomalous flows of one class, source and destination."""
@@ -465,7 +505,17 @@ class Pipeline:
         allowed = np.ones(best.size, dtype=bool)
         if self._beacon_class < 0:
             return allowed
-        rows = np.flatnonzero(flagged & (best == self._beacon_class))
+        candidates = flagged & (best == self._beacon_class)
+        # A TCP flow without its originator's SYN began before the capture
+        # or is the remainder of a flow evicted from a full table: not a
+        # connection start, so it cannot show a beacon's period (an MQTT
+        # session cut into fragments looked like regular connections).
+        midstream = candidates & (flows["ip_proto"] == 6) & (np.char.find(flows["history"], b"S") < 0)
+        if midstream.any():
+            allowed[midstream] = False
+            self.counters["beacon_flows_midstream"] += int(midstream.sum())
+            candidates &= ~midstream
+        rows = np.flatnonzero(candidates)
         if rows.size == 0:
             return allowed
         pairs = np.concatenate([flows["src_addr"][rows], flows["dst_addr"][rows]], axis=1)
