@@ -60,8 +60,6 @@ def test_example_playbook_loads():
     assert playbook.dry_run is True
     assert [rule.name for rule in playbook.rules][0] == "block-bruteforce-and-scans"
     assert playbook.rules[0].actions[0].timeout_s == 3600
-    assert "10.20.0.0/24" in playbook.allowlist
-    assert "ac:71:2e:00:00:01" in playbook.allowlist
 
 
 @pytest.mark.parametrize("data, message", [

@@ -1,7 +1,9 @@
 """`wardwatch respond`: act on alerts from the bus; `respond list` and `respond undo ID`.
 
 Exit codes: 0 success; 1 the responder or undo failed (invalid playbook,
-store missing, nft failed); 2 usage error (Click); 3 no action with that ID.
+store missing, nft failed); 2 usage error (Click); 3 no action with that ID;
+4 the undo is recorded but the bus command's release was not published
+within --wait-s (it stays pending for the responder to send).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import click
 from engine.store import default_store_path, open_store
 
 EXIT_NOT_FOUND = 3
+EXIT_RELEASE_PENDING = 4
+# How often `respond undo` rereads the store while it waits for the release.
+RELEASE_POLL_S = 0.1
 
 
 def _store_option(function):
@@ -60,7 +65,7 @@ def respond(ctx, playbook_path, policy_path, connect, replay, store_path, apply_
     from engine.respond.actions import CommandPublisher
     from engine.respond.guards import load_policy
     from engine.respond.nft import NftError
-    from engine.respond.playbook import PlaybookError, load_playbook
+    from engine.respond.playbook import PlaybookError, check_command_bus, load_playbook
     from engine.respond.responder import Responder
     from engine.respond.service import run_responder
 
@@ -74,6 +79,12 @@ def respond(ctx, playbook_path, policy_path, connect, replay, store_path, apply_
         dry_run = False
     if force_dry_run:
         dry_run = True
+    try:
+        check_command_bus(playbook, command_bind)
+    except PlaybookError as error:
+        if not dry_run:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"respond: warning: {error}", err=True)
 
     commands = None
     try:
@@ -150,7 +161,8 @@ def list_command(store_path, status, limit, as_json):
             if record.expires_at is not None:
                 expiry = datetime.datetime.fromtimestamp(record.expires_at, tz=datetime.timezone.utc).strftime("%H:%M:%S")
             click.echo(f"{record.id} {created:%Y-%m-%d %H:%M:%S} {record.status:<17} {record.action:<11}"
-                       f" {record.subject or '-':<20} until {expiry} by {record.actor}: {record.reason}")
+                       f" {record.subject or '-':<20} until {expiry} by {record.actor}: {record.reason}"
+                       + (f"; {record.detail['why']}" if record.detail.get("why") else ""))
     finally:
         conn.close()
 
@@ -161,8 +173,10 @@ def list_command(store_path, status, limit, as_json):
 @click.option("--actor", default=None, help="Name recorded as who undid it (default: USER@HOST).")
 @click.option("--nft-command", default=None,
               help="nft command prefix to use instead of the recorded one, e.g. 'ip netns exec fw nft'.")
-def undo_command(store_path, action_id, actor, nft_command):
-    """Revert an applied action: remove its nftables element and mark it undone."""
+@click.option("--wait-s", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Seconds to wait for the running responder to publish a bus command's release.")
+def undo_command(store_path, action_id, actor, nft_command, wait_s):
+    """Revert an applied action: remove its nftables element or release its bus command, and mark it undone."""
     from engine.respond.nft import NftError
     from engine.respond.responder import default_actor, undo_action
 
@@ -170,6 +184,8 @@ def undo_command(store_path, action_id, actor, nft_command):
     try:
         record = undo_action(conn, action_id, actor or default_actor(),
                              nft_command=tuple(nft_command.split()) if nft_command else None)
+        if "release" in record.detail:
+            record = _wait_for_release(conn, record, wait_s)
     except LookupError as error:
         click.echo(str(error), err=True)
         sys.exit(EXIT_NOT_FOUND)
@@ -177,4 +193,47 @@ def undo_command(store_path, action_id, actor, nft_command):
         raise click.ClickException(str(error)) from None
     finally:
         conn.close()
-    click.echo(f"undone {record.action} {record.subject or '-'} ({record.id}): {record.detail.get('undo', 'recorded')}")
+
+    prefix = f"undone {record.action} {record.subject or '-'} ({record.id})"
+    release = record.detail.get("release")
+    if release is None:
+        click.echo(f"{prefix}: {record.detail.get('undo', 'recorded')}")
+        return
+    if release["state"] == "sent":
+        click.echo(f"{prefix}: command.release published on the command bus by {release['sent_by']}")
+        return
+    if release["state"] == "lapsed":
+        click.echo(f"{prefix}: release not needed, the measure's timeout had already passed")
+        return
+    click.echo(f"{prefix}: {_pending_release_message(record, release, wait_s)}", err=True)
+    sys.exit(EXIT_RELEASE_PENDING)
+
+
+def _wait_for_release(conn, record, wait_s):
+    """Reread the record until its release leaves the pending state or `wait_s` passes."""
+    import time
+
+    from engine.respond import records
+
+    deadline = time.monotonic() + wait_s
+    while record.detail["release"]["state"] == "pending" and time.monotonic() < deadline:
+        time.sleep(RELEASE_POLL_S)
+        record = records.get_action(conn, record.id) or record
+    return record
+
+
+def _pending_release_message(record, release, wait_s):
+    import datetime
+
+    until = "its timeout"
+    if record.expires_at is not None:
+        expiry = datetime.datetime.fromtimestamp(record.expires_at, tz=datetime.timezone.utc)
+        until = f"{expiry:%Y-%m-%d %H:%M:%S} UTC"
+    if "waiting" in release:
+        return (f"recorded, but command.release was not published: {release['waiting']}."
+                f" The responder {release.get('waiting_in', '')} sends it when an enforcer subscribes;"
+                f" otherwise the enforcer keeps the measure until {until}.")
+    return (f"recorded, but no responder acknowledged the release within {wait_s:g} s; check that"
+            f" `wardwatch respond --command-bind` runs on this store. The release stays pending and the"
+            f" next responder with a command bus on this store publishes it; otherwise the enforcer keeps"
+            f" the measure until {until}.")

@@ -1,8 +1,14 @@
 """Safety guards between a matched rule and a change on the network.
 
-Life-critical assets (infusion pumps, patient monitors, ventilators) are
-known from a policy file, from the asset inventory in the store, or both.
-A disruptive action whose subject is one of them becomes an escalation.
+Two kinds of host are escalated to a person instead of being blocked,
+rate-limited or isolated:
+  - life-critical assets (infusion pumps, patient monitors, ventilators),
+    known from a policy file, from the asset inventory in the store or
+    from the MAC vendor. No playbook setting lets a rule disrupt them.
+  - clinical hosts (PACS, modalities, EHR and HL7 systems, IoMT devices),
+    known from the inventory roles in clinical_roles of internal hosts,
+    from the MAC vendor and from the playbook's clinical_hosts. A rule may
+    act on them only with allow_clinical_subjects = true.
 The allowlist skips a subject entirely, and a sliding one-minute window
 caps how many actions are taken.
 """
@@ -18,7 +24,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.respond.playbook import PlaybookError, parse_allow_entry
+from engine.alerts.schema import Alert, Endpoint
+from engine.assets.inventory import vendor_roles
+from engine.assets.oui import vendor_for_mac
+from engine.respond.playbook import Playbook, PlaybookError, Rule, parse_allow_entry
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +179,14 @@ class InventoryRoles:
         return cached
 
 
-class Allowlist:
-    """Addresses, networks and MACs that no action touches."""
+class AddressList:
+    """A set of IP addresses, CIDR networks and MACs that a subject is looked up in."""
 
-    def __init__(self, entries: tuple[str, ...]):
+    def __init__(self, entries: tuple[str, ...], key: str = "address list"):
         self.networks = []
         self.macs = set()
         for entry in entries:
-            entry = parse_allow_entry(entry, "allowlist")
+            entry = parse_allow_entry(entry, key, key)
             if ":" in entry and normalise_mac(entry) == entry:
                 self.macs.add(entry)
             else:
@@ -194,6 +203,112 @@ class Allowlist:
         except ValueError:
             return False
         return any(address in network for network in self.networks)
+
+
+class Allowlist(AddressList):
+    """Addresses, networks and MACs that no action touches."""
+
+    def __init__(self, entries: tuple[str, ...]):
+        super().__init__(entries, "allowlist")
+
+
+class SubjectGuard:
+    """Pick the alert endpoint an action acts on and decide whether a disruptive action must be escalated."""
+
+    def __init__(self, policy: LifeCriticalPolicy, playbook: Playbook):
+        self.policy = policy
+        self.clinical_roles = frozenset(playbook.clinical_roles)
+        self.clinical_hosts = AddressList(playbook.clinical_hosts, "clinical_hosts")
+        self.internal_networks = [ipaddress.ip_network(network) for network in playbook.internal_networks]
+
+    def is_internal(self, ip: str | None) -> bool:
+        if not ip:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.internal_networks)
+
+    def endpoint_for(self, alert: Alert, subject: str) -> Endpoint | None:
+        """Return the endpoint named by an action's subject, or None when "external" matches no single end.
+
+        "external" is the one end outside internal_networks. When both ends
+        are internal (a C-MOVE request from a workstation to the PACS) or
+        both are outside, there is no end to block, and the caller
+        escalates instead of guessing.
+        """
+        if subject == "src":
+            return alert.src
+        if subject == "dst":
+            return alert.dst
+        outside = [endpoint for endpoint in (alert.src, alert.dst)
+                   if endpoint.ip and not self.is_internal(endpoint.ip)]
+        return outside[0] if len(outside) == 1 else None
+
+    def external_missing_reason(self, alert: Alert) -> str:
+        """Return why an alert has no single external end, for the escalation record."""
+        if not alert.src.ip and not alert.dst.ip:
+            return "the alert carries no IP address, so there is no external end to act on"
+        inside = [self.is_internal(endpoint.ip) for endpoint in (alert.src, alert.dst)]
+        if all(inside):
+            return (f"both ends ({alert.src.ip} and {alert.dst.ip}) are inside internal_networks, so there is"
+                    " no external receiver to act on")
+        return (f"neither end alone is outside internal_networks (src {alert.src.ip}, dst {alert.dst.ip}),"
+                " so the external end is ambiguous")
+
+    def vendor_roles(self, endpoint: Endpoint) -> tuple[str, set[str]]:
+        """Return the MAC vendor of an internal endpoint and the roles it implies (pump, monitor, IoMT maker).
+
+        This works without an asset inventory, as on a responder that runs
+        on the firewall host with a store of its own. Frames of a host
+        beyond the router carry the router's MAC, so external endpoints
+        get no vendor roles.
+        """
+        if not endpoint.mac or (endpoint.ip and not self.is_internal(endpoint.ip)):
+            return "", set()
+        vendor = vendor_for_mac(endpoint.mac)
+        return vendor, vendor_roles(vendor) if vendor else set()
+
+    def escalation_reason(self, rule: Rule, action_type: str, endpoint: Endpoint, roles: set[str]) -> str | None:
+        """Return why a disruptive action on `endpoint` is escalated instead, or None if it may proceed."""
+        vendor, implied_roles = self.vendor_roles(endpoint)
+        why = self.policy.match(endpoint.ip, endpoint.mac, roles)
+        if why is None and implied_roles.intersection(self.policy.roles):
+            why = _vendor_reason(vendor, endpoint.mac, implied_roles.intersection(self.policy.roles))
+        if why is not None:
+            return f"{action_type} not applied to a life-critical asset: {why}"
+        if rule.allow_clinical_subjects:
+            return None
+        why = self.clinical_match(endpoint.ip, endpoint.mac, roles)
+        if why is None and implied_roles.intersection(self.clinical_roles):
+            why = _vendor_reason(vendor, endpoint.mac, implied_roles.intersection(self.clinical_roles))
+        if why is not None:
+            return (f"{action_type} not applied to a clinical host: {why}. Set allow_clinical_subjects = true"
+                    f" on rule {rule.name!r} to let it act on clinical hosts")
+        return None
+
+    def clinical_match(self, ip: str | None, mac: str | None, roles: set[str]) -> str | None:
+        """Return why (ip, mac) is a clinical host, or None if it is not."""
+        if ip and self.clinical_hosts.contains(ip):
+            return f"clinical_hosts lists {ip}"
+        mac = normalise_mac(mac)
+        if mac and self.clinical_hosts.contains(mac):
+            return f"clinical_hosts lists {mac}"
+        # The inventory tags any host that accepts a DICOM association as a
+        # PACS, including an attacker's archive on the internet, so roles
+        # count only inside internal_networks. An external clinical service
+        # belongs in clinical_hosts.
+        if ip and not self.is_internal(ip):
+            return None
+        clinical_roles = roles.intersection(self.clinical_roles)
+        if clinical_roles:
+            return f"asset inventory gives {ip or mac} the role {', '.join(sorted(clinical_roles))}"
+        return None
+
+
+def _vendor_reason(vendor: str, mac: str | None, roles: set[str]) -> str:
+    return f"MAC {mac} belongs to {vendor}, which implies the role {', '.join(sorted(roles))}"
 
 
 class ActionRateCap:

@@ -5,6 +5,15 @@ ones a safety guard stopped, so an operator can see what happened, who
 (actor) did it, why (the rule and the alert) and until when (expires_at).
 Rows are never deleted; undo and expiry update status, ended_at and
 ended_by.
+
+An undone bus command also carries detail.release, the state of the
+command.release that tells the external enforcer to end the measure:
+  state   one of RELEASE_STATES
+  requested_at, requested_by   when and by whom the undo was recorded
+  sent_at, sent_by             when and by which responder it was published
+  lapsed_at                    when the responder found the timeout already passed
+  waiting, waiting_since, waiting_in   why, since when and in which responder
+                               a running responder keeps it pending
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ CREATE INDEX IF NOT EXISTS response_actions_status ON response_actions (status, 
 STATUSES = (
     "applied",  # the change was made (set element added, webhook returned 2xx, command published)
     "dry_run",  # the change would have been made; nothing was touched
-    "escalated",  # a disruptive action on a life-critical asset was turned into an escalation
+    "escalated",  # a disruptive action on a life-critical or clinical host, or with no external end, was escalated
     "skipped_allowlist",  # the subject is on the allowlist
     "skipped_rate_cap",  # the actions-per-minute cap was reached
     "failed",  # the change was attempted and failed (detail.error contains the reason)
@@ -51,6 +60,14 @@ STATUSES = (
 )
 # Statuses whose subject may still be enforced and so can be undone or expire.
 ACTIVE_STATUSES = ("applied",)
+
+# Pending releases read per query; the rest wait for the next sweep.
+MAX_RELEASES_PER_QUERY = 1000
+RELEASE_STATES = (
+    "pending",  # recorded by undo; a responder with a command bus publishes it
+    "sent",  # published while at least one enforcer was subscribed to command.release
+    "lapsed",  # the measure's timeout passed first, so the enforcer has ended it itself
+)
 
 
 @dataclass
@@ -157,3 +174,36 @@ def end_action(conn: sqlite3.Connection, action_id: str, status: str, ended_by: 
     query += " WHERE id = ? AND status = 'applied'"
     parameters.append(action_id)
     return conn.execute(query, parameters).rowcount == 1
+
+
+def pending_releases(conn: sqlite3.Connection) -> list[ActionRecord]:
+    """Return up to MAX_RELEASES_PER_QUERY undone bus commands whose release is pending, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM response_actions WHERE status = 'undone' AND action = 'bus_command'"
+        " AND json_extract(detail, '$.release.state') = 'pending' ORDER BY ended_at LIMIT ?",
+        (MAX_RELEASES_PER_QUERY,),
+    )
+    return [_from_row(row) for row in rows]
+
+
+def update_release(conn: sqlite3.Connection, action_id: str, release: dict[str, Any]) -> bool:
+    """Replace detail.release of an undone action whose release is still pending.
+
+    Returns False when another process changed it first, so two responders
+    on one store record a release once (both may still publish it).
+    """
+    if release.get("state") not in RELEASE_STATES:
+        raise ValueError(f"invalid release state {release.get('state')!r}; expected one of {', '.join(RELEASE_STATES)}")
+    cursor = conn.execute(
+        "UPDATE response_actions SET detail = json_set(detail, '$.release', json(?))"
+        " WHERE id = ? AND status = 'undone' AND json_extract(detail, '$.release.state') = 'pending'",
+        (json.dumps(release, sort_keys=True), action_id),
+    )
+    return cursor.rowcount == 1
+
+
+def undone_since(conn: sqlite3.Connection, since: float) -> list[ActionRecord]:
+    """Return actions undone at or after wall-clock time `since`."""
+    rows = conn.execute(
+        "SELECT * FROM response_actions WHERE status = 'undone' AND ended_at >= ? ORDER BY ended_at", (since,))
+    return [_from_row(row) for row in rows]

@@ -3,7 +3,9 @@
 For every action of every matching rule, in this order:
   1. resolve the subject (the alert's src or dst address, or its MAC for isolate);
   2. a disruptive action (block, rate_limit, isolate, or a bus command
-     other than notify) on a life-critical subject becomes an escalation;
+     other than notify) on a life-critical subject, or on a clinical one
+     unless the rule sets allow_clinical_subjects, becomes an escalation
+     (guards.SubjectGuard);
   3. an allowlisted subject is skipped;
   4. a repeat of an action still in force, or of a notification already
      sent for the same alert, is dropped (counted, not recorded);
@@ -27,7 +29,8 @@ from engine.alerts.schema import Alert, Endpoint
 from engine.privacy import DOCUMENTATION_PREFIX
 from engine.respond import records
 from engine.respond.actions import CommandPublisher, post_webhook
-from engine.respond.guards import ActionRateCap, Allowlist, InventoryRoles, LifeCriticalPolicy, normalise_mac
+from engine.respond.guards import (ActionRateCap, Allowlist, InventoryRoles, LifeCriticalPolicy, SubjectGuard,
+                                   normalise_mac)
 from engine.respond.nft import NftBackend, NftError
 from engine.respond.playbook import DISRUPTIVE_ACTIONS, Action, Playbook, Rule
 from engine.respond.records import ActionRecord
@@ -91,6 +94,7 @@ class Responder:
         self.conn = conn
         records.ensure_schema(conn)
         self.policy = policy or LifeCriticalPolicy(roles=playbook.life_critical_roles)
+        self.guard = SubjectGuard(self.policy, playbook)
         self.dry_run = playbook.dry_run if dry_run is None else dry_run
         self.nft = nft if nft is not None else NftBackend(playbook.nftables)
         self.commands = commands
@@ -103,6 +107,12 @@ class Responder:
         self._active: dict[tuple[str, str], float] = {}
         self._notified: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self._escalated: dict[str, float] = {}
+        # Ids of pending releases whose `waiting` reason is already stored,
+        # so it is written once, not on every sweep. Pruned to the pending
+        # releases on each sweep, which MAX_RELEASES_PER_QUERY bounds.
+        self._waiting_noted: set[str] = set()
+        # ended_at of the newest undo already removed from _active.
+        self._undo_seen_at = self.clock()
         self._ruleset_ready = False
         for record in records.active_actions(conn, self.clock()):
             if record.subject is not None:
@@ -155,7 +165,9 @@ class Responder:
         )
 
     def _subject(self, alert: Alert, action: Action) -> tuple[str | None, Endpoint]:
-        endpoint = alert.src if action.subject == "src" else alert.dst
+        endpoint = self.guard.endpoint_for(alert, action.subject)
+        if endpoint is None:
+            return None, Endpoint()
         if action.type == "isolate" or (action.type == "bus_command" and action.command == "isolate"):
             return normalise_mac(endpoint.mac), endpoint
         return endpoint.ip, endpoint
@@ -169,15 +181,17 @@ class Responder:
         if action.type == "escalate":
             return self._escalate(alert, rule, subject, endpoint, now, "the rule asks for escalation")
         if disruptive:
+            if subject is None and action.subject == "external" and endpoint.ip is None:
+                return self._escalate(alert, rule, None, endpoint, now,
+                                      f"{action.type} not applied: {self.guard.external_missing_reason(alert)}",
+                                      refused_action=action.type)
             if subject is None:
                 field = "mac" if action.type == "isolate" or action.command == "isolate" else "ip"
                 return self._record(alert, rule, action.type, None, "failed", now,
                                     error=f"alert has no {action.subject}.{field} to act on")
-            why = self.policy.match(endpoint.ip, endpoint.mac, self._roles(endpoint, now))
+            why = self.guard.escalation_reason(rule, action.type, endpoint, self._roles(endpoint, now))
             if why is not None:
-                return self._escalate(alert, rule, subject, endpoint, now,
-                                      f"{action.type} refused for a life-critical asset: {why}",
-                                      refused_action=action.type)
+                return self._escalate(alert, rule, subject, endpoint, now, why, refused_action=action.type)
             if self.allowlist.contains(subject):
                 return self._record(alert, rule, action.type, subject, "skipped_allowlist", now,
                                     why=f"{subject} is on the allowlist")
@@ -313,9 +327,7 @@ class Responder:
         for record in records.due_for_expiry(self.conn, now):
             if records.end_action(self.conn, record.id, "expired", "expiry", now):
                 if record.action == "bus_command" and self.commands is not None:
-                    self.commands.send("release", {"id": record.id, "command": "release",
-                                                   "subject": record.subject, "actor": self.actor,
-                                                   "issued_at": now, "dry_run": False})
+                    self.commands.send("release", self._release_body(record, "expiry", now))
                 self._active.pop(_active_key(record), None)
                 self.counters["expired"] += 1
                 log.info("expired %s %s (id %s)", record.action, record.subject, record.id)
@@ -323,6 +335,75 @@ class Responder:
         for key in [key for key, expires in self._active.items() if expires <= now]:
             del self._active[key]
         return ended
+
+    def _release_body(self, record: ActionRecord, ended_by: str, now: float) -> dict:
+        body = self._command_body(record, "release", None)
+        body.update(released_command=record.detail.get("command", "block"), ended_by=ended_by,
+                    actor=self.actor, issued_at=now)
+        return body
+
+    # -- undo ------------------------------------------------------------
+
+    def undo(self, action_id: str, by: str) -> ActionRecord:
+        """Undo an action as undo_action() does, then publish its release at once if it has one."""
+        record = undo_action(self.conn, action_id, by, self.clock())
+        self._active.pop(_active_key(record), None)
+        self.send_pending_releases()
+        return records.get_action(self.conn, action_id) or record
+
+    def send_pending_releases(self) -> list[ActionRecord]:
+        """Publish command.release for bus commands undone since they were applied; return those sent.
+
+        `respond undo` runs in another process, so it stores the release as
+        pending and the responder that owns the command bus publishes it
+        here, on every tick. A release stays pending while no enforcer is
+        subscribed to command.release, because PUB would drop it, and it
+        lapses once the measure's own timeout has passed.
+        """
+        self._forget_undone()
+        pending = records.pending_releases(self.conn)
+        self._waiting_noted &= {record.id for record in pending}
+        if self.commands is None or not pending:
+            return []
+        now = self.clock()
+        sent = []
+        for record in pending:
+            release = dict(record.detail["release"])
+            if record.expires_at is not None and record.expires_at <= now:
+                release.update(state="lapsed", lapsed_at=now)
+                if records.update_release(self.conn, record.id, release):
+                    log.info("release of %s %s (id %s) lapsed: its timeout passed before it was published",
+                             record.action, record.subject, record.id)
+                continue
+            if not self.commands.has_subscriber("release"):
+                self._note_waiting(record, release, now)
+                continue
+            self.commands.send("release", self._release_body(record, release.get("requested_by") or "undo", now))
+            release.pop("waiting", None)
+            release.update(state="sent", sent_at=now, sent_by=self.actor)
+            if records.update_release(self.conn, record.id, release):
+                self.counters["releases_sent"] += 1
+                log.info("released %s %s (id %s) on the command bus, undone by %s", record.action,
+                         record.subject, record.id, release.get("requested_by"))
+                sent.append(record)
+        return sent
+
+    def _note_waiting(self, record: ActionRecord, release: dict, now: float) -> None:
+        if record.id in self._waiting_noted:
+            return
+        self._waiting_noted.add(record.id)
+        self.counters["releases_waiting"] += 1
+        release.update(waiting=f"no enforcer subscribed to command.release on {self.commands.endpoint}",
+                       waiting_since=now, waiting_in=self.actor)
+        records.update_release(self.conn, record.id, release)
+        log.warning("release of %s %s (id %s) is waiting: no enforcer is subscribed to command.release on %s",
+                    record.action, record.subject, record.id, self.commands.endpoint)
+
+    def _forget_undone(self) -> None:
+        """Drop undone actions from the in-force table so a new alert can act on the subject again."""
+        for record in records.undone_since(self.conn, self._undo_seen_at):
+            self._active.pop(_active_key(record), None)
+            self._undo_seen_at = max(self._undo_seen_at, record.ended_at or 0.0)
 
 
 def undo_action(conn: sqlite3.Connection, action_id: str, by: str, now: float | None = None,
@@ -347,11 +428,15 @@ def undo_action(conn: sqlite3.Connection, action_id: str, by: str, now: float | 
         backend = NftBackend(NftablesSettings(command=command))
         removed = backend.delete_element(detail["family"], detail["table"], detail["set"], record.subject)
         detail["undo"] = "element removed" if removed else "element not found (it expired, or the table was removed)"
+    elif record.action == "bus_command" and detail.get("command") == "notify":
+        detail["undo"] = "recorded only; a notification has no measure to release"
     elif record.action == "bus_command":
-        # NOTE: undo runs outside the responder, so no release command
-        # reaches the external enforcer. It keeps the measure until its
-        # timeout_s unless released through its own interface.
-        detail["undo"] = "recorded only; the enforcer keeps the measure until its timeout"
+        # The command bus belongs to the running responder, so the release
+        # is stored as pending here and published by that responder
+        # (Responder.send_pending_releases). Storing it first means a
+        # release survives a responder restart and is never lost silently.
+        detail["release"] = {"state": "pending", "requested_at": now, "requested_by": by}
+        detail["undo"] = "recorded; release pending until the responder publishes it"
     if not records.end_action(conn, action_id, "undone", by, now, detail):
         raise ValueError(f"action {action_id} changed while it was being undone; check `wardwatch respond list`")
     record.status, record.ended_at, record.ended_by, record.detail = "undone", now, by, detail

@@ -1,4 +1,4 @@
-"""The responder's receive loop: alerts from the bus in, actions out, expiry on every tick."""
+"""The responder's receive loop: alerts from the bus in, actions out; expiry and releases on every tick."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def run_responder(responder: Responder, subscriber: GapFillingSubscriber, stop: 
     while not stop.is_set():
         received = subscriber.receive(timeout_s=TICK_S)
         responder.expire_due()
+        responder.send_pending_releases()
         if received is None:
             if idle_exit_s is not None and time.monotonic() - last_message >= idle_exit_s:
                 log.info("no alert for %.1f s; stopping", idle_exit_s)
