@@ -507,7 +507,13 @@ cdef bint _looks_like_mqtt(const uint8_t* s, Py_ssize_t n) noexcept nogil:
 
 
 cdef bint _looks_like_smb(const uint8_t* s, Py_ssize_t n) noexcept nogil:
-    return n >= 8 and s[0] == 0 and 0xFC <= s[4] <= 0xFF and memcmp(s + 5, b"SMB", 3) == 0
+    # smb.looks_like_smb: a NetBIOS session request (0x81) or positive
+    # response (0x82) before the first session message is skipped.
+    cdef Py_ssize_t start = 0
+    if n >= 4 and (s[0] == 0x81 or s[0] == 0x82):
+        start = 4 + ((<Py_ssize_t>s[1] << 16) | (<Py_ssize_t>s[2] << 8) | <Py_ssize_t>s[3])
+    return (n >= start + 8 and s[start] == 0 and 0xFC <= s[start + 4] <= 0xFF
+            and memcmp(s + start + 5, b"SMB", 3) == 0)
 
 
 cdef int _ber_header(const uint8_t* s, Py_ssize_t end, Py_ssize_t* position, uint8_t* tag,

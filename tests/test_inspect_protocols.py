@@ -453,8 +453,10 @@ def test_smb1_negotiate_dialects():
     assert smb.looks_like_smb(stream)
     fields, outcome = parse_streams("smb", stream, b"")
     assert outcome == "ok"
-    assert fields["smb1"] is True
+    assert fields["smb1_negotiate_request"] is True
     assert fields["smb1_dialects"] == ["NT LM 0.12", "SMB 2.002"]
+    # An offer alone is not SMB1 in use: no server response was captured.
+    assert fields["smb1"] is False
 
 
 def test_rdp_cookie_and_protocols():

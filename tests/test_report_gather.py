@@ -177,6 +177,7 @@ def test_summary_risk_and_trend(report):
     summary = report["summary"]
     assert summary["overall_risk"] == "critical"
     assert summary["overall_risk_alerts"] == 2
+    assert summary["overall_risk_findings"] == 1  # the regreSSHion finding
     assert summary["previous_alerts"] == 1
     assert summary["change_percent"] == 600.0
 
@@ -357,6 +358,17 @@ def test_sample_capture_numbers(tmp_path):
     assert report["capture_health"]["alerts"] == run_alerts
     assert report["summary"]["alerts"] == sum(counts.get(kind, 0) for kind in ("detection", "policy", "login"))
     assert report["findings"]["total"] == counts.get("finding", 0)
+    assert report["summary"]["stored_alerts"] == sum(counts.values())
+    stored_severities = [row[0] for row in alert_severities(store)]
+    assert report["summary"]["overall_risk"] == max(stored_severities, key=SEVERITIES.index)
+
+
+def alert_severities(path):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT severity FROM alerts WHERE kind != 'forecast'").fetchall()
+    finally:
+        conn.close()
 
 
 def test_invalid_alert_body_skipped(report_store):

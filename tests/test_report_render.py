@@ -195,8 +195,13 @@ def test_page_fetches_nothing(pages, language):
 def test_numbers_match_store_english(pages, seeded_report):
     parser = parse(pages["en"])
     summary = parser.text("summary")
-    assert "7 alerts were raised in this period, covering 173 detections; 6 of them still open." in summary
-    assert "Alerts rose by 600% against the previous period, which had 1 alert." in summary
+    assert "7 incident alerts were raised in this period, covering 173 detections; 6 of them still open." in summary
+    assert "Incident alerts rose by 600% against the previous period, which had 1 alert." in summary
+    # Two critical incident alerts (ransomware, login bruteforce) and the critical SSH finding.
+    assert "The highest severity seen was Critical, reached by 2 incident alerts and 1 vulnerability finding." in summary
+    # 7 incident alerts, 4 findings and 2 forecasts.
+    assert ("the alert store holds 13 alerts for this period: 7 incident alerts, 4 vulnerability findings"
+            " and 2 forecasts.") in summary
     health = parser.text("capture-health")
     assert "Packets 50,000" in health
     assert "Packets dropped before analysis 5" in health
@@ -210,8 +215,12 @@ def test_numbers_match_store_arabic(pages):
     parser = parse(pages["ar"])
     summary = parser.text("summary")
     # 7 is "few" in Arabic: plural noun, Arabic-Indic digits.
-    assert "سُجِّلت ٧ تنبيهات في هذه الفترة، تضم عمليات كشف عددها ١٧٣، والمفتوح منها حتى الآن: ٦." in summary
-    assert "ارتفعت التنبيهات بنسبة ٦٠٠٪" in summary
+    assert "سُجِّلت ٧ تنبيهات عن حوادث في هذه الفترة، تضم عمليات كشف عددها ١٧٣، والمفتوح منها حتى الآن: ٦." in summary
+    assert "ارتفعت تنبيهات الحوادث بنسبة ٦٠٠٪" in summary
+    # 2 is "two": the dual noun carries the number, so no digit is shown.
+    assert "أعلى خطورة رُصدت هي «حرجة»، والبنود التي بلغتها: تنبيهان عن حوادث وثغرة واحدة." in summary
+    # 13 is "many" (singular accusative noun), 7 and 4 are "few", 2 the dual.
+    assert "يضم مخزن التنبيهات في هذه الفترة ١٣ تنبيهًا: ٧ تنبيهات عن حوادث، ٤ ثغرات وتوقعان." in summary
     health = parser.text("capture-health")
     assert "الحزم ٥٠٬٠٠٠" in health
     assert "١٬٢٠٠" in health

@@ -15,14 +15,29 @@ SMB2_MAGIC = b"\xfeSMB"
 SMB2_TRANSFORM_MAGIC = b"\xfdSMB"  # encrypted message
 SMB2_COMPRESSION_MAGIC = b"\xfcSMB"  # compression transform (SMB 3.1.1)
 SMB1_NEGOTIATE = 0x72
+# [MS-CIFS] 2.2.4.52.2: the server found none of the offered dialects acceptable.
+SMB1_NO_DIALECT = 0xFFFF
 SMB2_NEGOTIATE = 0x0000
 SMB2_DIALECTS = {0x0202: "2.0.2", 0x0210: "2.1", 0x0300: "3.0", 0x0302: "3.0.2", 0x0311: "3.1.1", 0x02FF: "2.x"}
 MAX_SMB_MESSAGES = 32
+# RFC 1002 4.3.1 packet types other than SESSION MESSAGE (0x00): session
+# request, positive and negative response, retarget response, keep-alive.
+# NetBIOS on port 139 sends them around the SMB messages.
+NBSS_SESSION_REQUEST = 0x81
+NBSS_POSITIVE_RESPONSE = 0x82
+NBSS_CONTROL_TYPES = frozenset((NBSS_SESSION_REQUEST, NBSS_POSITIVE_RESPONSE, 0x83, 0x84, 0x85))
 
 
 def looks_like_smb(stream: bytes) -> bool:
-    """Return True when a stream starts with a session message holding an SMB header."""
-    return len(stream) >= 8 and stream[0] == 0 and stream[4:8] in (
+    """Return True when a stream starts with a session message containing an SMB header.
+
+    On NetBIOS port 139 the first session message follows a session request
+    (client) or a positive session response (server), which are skipped.
+    """
+    start = 0
+    if len(stream) >= 4 and stream[0] in (NBSS_SESSION_REQUEST, NBSS_POSITIVE_RESPONSE):
+        start = 4 + int.from_bytes(stream[1:4], "big")
+    return len(stream) >= start + 8 and stream[start] == 0 and stream[start + 4 : start + 8] in (
         SMB1_MAGIC, SMB2_MAGIC, SMB2_TRANSFORM_MAGIC, SMB2_COMPRESSION_MAGIC
     )
 
@@ -36,14 +51,18 @@ def _parse_smb1(message: Reader, is_request: bool, fields: dict) -> None:
     command = message.u8()
     message.skip(27)
     if command != SMB1_NEGOTIATE:
+        fields["smb1_other_commands"] += 1
         return
     word_count = message.u8()
     if is_request:
+        fields["smb1_negotiate_request"] = True
         message.skip(2 * word_count)
         data = message.take(min(message.u16le(), message.remaining))
         dialects = [clean_text(d.lstrip(b"\x02"), NAME_WIDTH) for d in data.split(b"\x00") if d]
         fields["smb1_dialects"] = dialects[:MAX_ITEMS]
     elif word_count >= 1:
+        # Every SMB1 Negotiate Response format (core, LAN Manager, NT LM 0.12)
+        # starts its parameter words with DialectIndex.
         fields["smb1_dialect_index"] = message.u16le()
 
 
@@ -67,38 +86,78 @@ def _parse_smb2(message: Reader, is_request: bool, fields: dict) -> None:
         fields["dialect"] = _dialect_name(message.u16le())
 
 
+def _smb1_negotiated(fields: dict) -> bool:
+    """Store the dialect that the server's SMB1 Negotiate Response selected, and return True for an SMB1 dialect.
+
+    Windows clients that speak SMB2 open with an SMB1 Negotiate Request offering
+    "SMB 2.002" and "SMB 2.???" next to "NT LM 0.12". A server that picks
+    SMB2 responds with an SMB2 Negotiate Response ([MS-SMB2] 3.3.5.3.1), so
+    that opening alone does not mean SMB1 is in use.
+    """
+    index = fields.get("smb1_dialect_index")
+    if index is None or index == SMB1_NO_DIALECT:
+        return False
+    dialects = fields.get("smb1_dialects")
+    if dialects is None or index >= len(dialects):
+        # The request was not captured, or listed more than MAX_ITEMS
+        # dialects. Only an SMB1 server responds in SMB1 format, so the
+        # flow counts as SMB1.
+        return True
+    fields["smb1_dialect"] = dialects[index]
+    return not dialects[index].startswith("SMB 2.")
+
+
+def _parse_session_messages(reader: Reader, is_request: bool, fields: dict) -> None:
+    """Parse the SMB messages of one direction, up to MAX_SMB_MESSAGES NetBIOS session packets."""
+    for _ in range(MAX_SMB_MESSAGES):
+        if not reader.remaining:
+            return
+        packet_type = reader.u8()
+        length = reader.u24()
+        if packet_type in NBSS_CONTROL_TYPES:
+            if length > reader.remaining:
+                raise Truncated("NetBIOS session packet cut by the capture")
+            reader.skip(length)
+            continue
+        if packet_type != 0:
+            raise Malformed(f"invalid NetBIOS session packet type 0x{packet_type:02x}")
+        message = Reader(reader.take(min(length, reader.remaining)))
+        magic = message.buffer[:4]
+        if magic == SMB1_MAGIC:
+            _parse_smb1(message, is_request, fields)
+        elif magic == SMB2_MAGIC:
+            _parse_smb2(message, is_request, fields)
+        elif magic == SMB2_COMPRESSION_MAGIC:
+            fields["compression_transform"] = True
+        elif magic == SMB2_TRANSFORM_MAGIC:
+            fields["encrypted"] = True
+        else:
+            raise Malformed(f"unknown SMB protocol id {magic!r}")
+        if length > len(message.buffer):
+            raise Truncated("SMB message cut by the capture")
+
+
 def parse_smb(initiator: bytes, responder: bytes, fields: dict) -> None:
-    """Fill `fields` with SMB versions seen, offered dialects and the chosen one."""
+    """Fill `fields` with SMB versions seen, offered dialects, the chosen one, and whether SMB1 is in use.
+
+    `smb1` is True when the server selected an SMB1 dialect (NT LM 0.12 or
+    older) or an SMB1 message other than Negotiate was seen.
+    """
     fields["smb1"] = False
+    fields["smb1_negotiate_request"] = False
+    fields["smb1_other_commands"] = 0
     fields["compression_transform"] = False
     fields["encrypted"] = False
     truncated = False
-    for is_request, stream in ((True, initiator), (False, responder)):
-        reader = Reader(stream)
-        count = 0
-        try:
-            while reader.remaining and count < MAX_SMB_MESSAGES:
-                count += 1
-                if reader.u8() != 0:
-                    raise Malformed("session message type is not 0 (session message)")
-                length = reader.u24()
-                message = Reader(reader.take(min(length, reader.remaining)))
-                magic = message.buffer[:4]
-                if magic == SMB1_MAGIC:
-                    fields["smb1"] = True
-                    _parse_smb1(message, is_request, fields)
-                elif magic == SMB2_MAGIC:
-                    _parse_smb2(message, is_request, fields)
-                elif magic == SMB2_COMPRESSION_MAGIC:
-                    fields["compression_transform"] = True
-                elif magic == SMB2_TRANSFORM_MAGIC:
-                    fields["encrypted"] = True
-                else:
-                    raise Malformed(f"unknown SMB protocol id {magic!r}")
-                if length > len(message.buffer):
-                    raise Truncated("SMB message cut by the capture")
-        except Truncated:
-            truncated = True
+    try:
+        for is_request, stream in ((True, initiator), (False, responder)):
+            try:
+                _parse_session_messages(Reader(stream), is_request, fields)
+            except Truncated:
+                truncated = True
+    finally:
+        # Messages parsed before a malformed one still show whether SMB1 is in use.
+        fields["smb1"] = _smb1_negotiated(fields) or fields["smb1_other_commands"] > 0
     if truncated:
         raise Truncated("SMB message cut by the capture")
 

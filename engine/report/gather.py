@@ -27,7 +27,9 @@ from engine.taxonomy import ATTACK_CLASSES, SEVERITIES, STAGES
 
 logger = logging.getLogger(__name__)
 
-REPORT_SCHEMA = "wardwatch.report/1"
+# Version 2 counts findings in overall_risk and adds overall_risk_findings,
+# findings, forecasts and stored_alerts to the summary.
+REPORT_SCHEMA = "wardwatch.report/2"
 
 # Kinds whose alerts describe something that happened; findings and
 # forecasts have their own sections.
@@ -200,6 +202,7 @@ class ReportGatherer:
         assets = self.assets()
         actions = self.actions()
         findings = self.findings()
+        forecasts = self.forecasts()
         report = {
             "schema": REPORT_SCHEMA,
             "generated_at": time.time(),
@@ -211,7 +214,7 @@ class ReportGatherer:
                 "previous_end": self.period.previous().end,
             },
             "tables_present": sorted(self.tables & {"alerts", "runs", "assets", "response_actions"}),
-            "summary": self.summary(assets, actions, findings),
+            "summary": self.summary(assets, actions, findings, forecasts),
             "timeline": self.timeline(),
             "top_sources": self.top_endpoints("src_ip"),
             "top_targets": self.top_endpoints("dst_ip"),
@@ -219,13 +222,13 @@ class ReportGatherer:
             "assets": assets,
             "findings": findings,
             "actions": actions,
-            "forecasts": self.forecasts(),
+            "forecasts": forecasts,
             "capture_health": self.capture_health(),
         }
         report["invalid_alert_bodies"] = self.invalid_bodies
         return report
 
-    def summary(self, assets: dict, actions: dict, findings: dict) -> dict[str, Any]:
+    def summary(self, assets: dict, actions: dict, findings: dict, forecasts: dict) -> dict[str, Any]:
         incidents = self.incidents()
         previous = self._alert_rows(INCIDENT_KINDS, self.period.previous())
         by_severity = collections.Counter(row["severity"] for row in incidents)
@@ -247,7 +250,11 @@ class ReportGatherer:
             by_category.append(entry)
         by_category.sort(key=lambda e: (-SEVERITIES.index(e["max_severity"]), -e["alerts"], e["category"]))
 
-        overall = _max_severity(by_severity) or "none"
+        # The headline covers everything the report lists as having happened
+        # or been found. Forecasts are left out because they predict alerts
+        # that have not happened.
+        finding_severities = [s for s, count in findings["by_severity"].items() if count]
+        overall = _max_severity([*by_severity, *finding_severities]) or "none"
         alerts_now = len(incidents)
         alerts_before = len(previous)
         change_percent = None
@@ -257,7 +264,13 @@ class ReportGatherer:
         return {
             "overall_risk": overall,
             "overall_risk_alerts": by_severity.get(overall, 0),
+            "overall_risk_findings": findings["by_severity"].get(overall, 0),
             "alerts": alerts_now,
+            "findings": findings["total"],
+            "forecasts": forecasts["total"],
+            # For a store that holds only this period, this total equals the
+            # number of lines `wardwatch alerts list` prints.
+            "stored_alerts": alerts_now + findings["total"] + forecasts["total"],
             "detections": sum(row["count"] for row in incidents),
             "open_alerts": sum(1 for row in incidents if row["state"] == "open"),
             "by_kind": {kind: by_kind.get(kind, 0) for kind in INCIDENT_KINDS},

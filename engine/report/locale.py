@@ -65,6 +65,7 @@ class Locale:
         self.decimal_separator: str = formats["decimal_separator"]
         self.percent_pattern: str = formats["percent"]
         self.list_separator: str = formats["list_separator"]
+        self.list_and: str = formats["list_and"]
         self._digits = str.maketrans("0123456789", formats["digits"])
         if len(self.months) != 12:
             raise ValueError(f"{language}.json lists {len(self.months)} month names; expected 12")
@@ -152,6 +153,12 @@ class Locale:
 
     def join(self, items: list[str]) -> str:
         return self.list_separator.join(items)
+
+    def join_and(self, items: list[str]) -> str:
+        """Join a list as a sentence does: "a, b and c" in English, "a، b وc" in Arabic."""
+        if len(items) <= 1:
+            return "".join(items)
+        return self.list_separator.join(items[:-1]) + self.list_and + items[-1]
 
 
 @functools.lru_cache(maxsize=len(LANGUAGES))

@@ -110,8 +110,9 @@ class ReportRenderer:
         if overall == "none":
             reason = self.t("summary.risk_none")
         else:
-            reason = self.t("summary.risk_reason", count=summary["overall_risk_alerts"],
-                            severity=self.locale.label("severity", overall))
+            reached_by = self.counted_kinds([("count.incident_alerts", summary["overall_risk_alerts"]),
+                                             ("count.findings", summary["overall_risk_findings"])])
+            reason = self.t("summary.risk_reason", severity=self.locale.label("severity", overall), items=reached_by)
         parts.append(f'<h3>{self.t("summary.risk_heading")}</h3>'
                      f'<p><span class="risk sev-{escape(overall)}" id="overall-risk">{risk_label}</span>{reason}</p>')
 
@@ -128,6 +129,8 @@ class ReportRenderer:
             happened.append(f"<ul>{''.join(lines)}</ul>")
         else:
             happened.append(self.empty("summary.happened_none"))
+        if summary["stored_alerts"]:
+            happened.append("<p>" + self.stored_sentence(summary) + "</p>")
 
         services = [f'<h3>{self.t("summary.services_heading")}</h3>']
         if not self.report["assets"]["total"]:
@@ -164,6 +167,20 @@ class ReportRenderer:
                      + "".join(done) + "".join(trend) + "</div></div>")
         parts.append(self.decisions(summary["decisions"]))
         return self.section("summary", "\n".join(parts))
+
+    def counted_kinds(self, counts: list[tuple[str, int]]) -> str:
+        """Return unescaped text such as "2 incident alerts and 1 vulnerability finding", leaving out zero counts."""
+        phrases = [self.locale.text(key, count=count) for key, count in counts if count]
+        return self.locale.join_and(phrases)
+
+    def stored_sentence(self, summary: dict) -> str:
+        """Return the sentence that adds findings and forecasts to the incident alerts, as `alerts list` counts them."""
+        kinds = self.counted_kinds([("count.incident_alerts", summary["alerts"]), ("count.findings", summary["findings"]),
+                                    ("count.forecasts", summary["forecasts"])])
+        total = self.locale.text("count.alerts", count=summary["stored_alerts"])
+        # The command is markup, so the other values are escaped here instead of in t().
+        return self.locale.text("summary.stored", total=escape(total), kinds=escape(kinds),
+                                command=isolate("wardwatch alerts list", "code"))
 
     def trend_sentence(self, summary: dict) -> str:
         now, before = summary["alerts"], summary["previous_alerts"]
