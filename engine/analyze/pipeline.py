@@ -390,44 +390,113 @@ class Pipeline:
         # O(rows log rows) rather than a pass over all rows per group.
         order = np.argsort(group_of_row, kind="stable")
         bounds = np.flatnonzero(np.diff(group_of_row[order])) + 1
-        return [
-            self._group_detection(flows, X, rows[members], flagged, best, proba, anomaly)
-            for members in np.split(order, bounds)
-        ]
+        groups = [rows[members] for members in np.split(order, bounds)]
+        return self._group_detections(flows, X, groups, flagged, best, proba, anomaly)
 
     def _group_detection(self, flows, X, members, flagged, best, proba, anomaly) -> Detection:
         """Build one detection for flagged or anomalous flows of one class, source and destination."""
-        if flagged[members[0]]:
-            class_index = int(best[members[0]])
-            row = int(members[np.argmax(proba[members, class_index])])
-            attack_class = self._class_names[class_index]
-            top = self.model.top_features(X[row:row + 1], class_index)[0]
-            info = ATTACK_CLASSES.get(attack_class)
-            category = info.category if info else attack_class
-            technique = info.technique if info else None
-            origin = "model"
-            score = float(proba[row, class_index])
-            summary = f"the model classed this flow as {attack_class.replace('_', ' ')} ({score:.0%})"
-        else:
-            row = int(members[np.argmax(anomaly[members])])
-            attack_class = None
-            category, technique, origin, score = "anomaly", None, "anomaly", None
-            top = self._anomaly_features(X[row])
-            summary = "the flow is unlike the benign traffic the anomaly model learnt"
+        return self._group_detections(flows, X, [members], flagged, best, proba, anomaly)[0]
 
-        detection = self._from_flow(
-            flows[row], category, technique, attack_class, origin, summary,
-            score, float(anomaly[row]), top,
-        )
-        detection.count = int(members.size)
-        detection.flow_ids = [int(i) for i in flows["flow_id"][members[:MAX_FLOW_IDS]]]
-        detection.first_seen = float(flows["bidirectional_first_seen_ns"][members].min()) / 1e9
-        detection.last_seen = float(flows["bidirectional_last_seen_ns"][members].max()) / 1e9
-        if members.size > 1:
-            detection.summary += f"; {members.size} such flows in this batch"
-        if attack_class is not None and class_index == self._beacon_class:
-            self._add_held_beacons(detection, flows[row])
-        return detection
+    def _group_detections(self, flows, X, groups, flagged, best, proba, anomaly) -> list[Detection]:
+        """Build one detection per group of flagged or anomalous flows (one class, source, destination).
+
+        Each detection describes its group's most confident flow. The
+        columns of those flows are read once for all groups: a flood of
+        many sources makes thousands of groups, and reading fields row by
+        row cost about 60 us per group.
+        """
+        firsts = np.array([members[0] for members in groups])
+        is_model = flagged[firsts]
+        classes = best[firsts]
+        reps = np.array([
+            members[np.argmax(proba[members, classes[i]] if is_model[i] else anomaly[members])]
+            for i, members in enumerate(groups)
+        ])
+        tops: list = [None] * len(groups)
+        for class_index in np.unique(classes[is_model]).tolist():
+            where = np.flatnonzero(is_model & (classes == class_index))
+            for i, top in zip(where.tolist(), self.model.top_features(X[reps[where]], class_index)):
+                tops[i] = top
+        where = np.flatnonzero(~is_model)
+        for i, top in zip(where.tolist(), self._anomaly_features_rows(X[reps[where]])):
+            tops[i] = top
+
+        rep_flows = flows[reps]
+        columns = {name: rep_flows[name].tolist() for name in (
+            "ip_version", "ip_proto", "src_port", "dst_port", "flow_id", "bidirectional_packets",
+            "bidirectional_bytes", "bidirectional_duration_ms", "src2dst_bytes", "dst2src_bytes",
+        )}
+        histories = rep_flows["history"].tolist()
+        community_ids = rep_flows["community_id"].tolist()
+        scores = proba[reps, classes].tolist()
+        anomaly_scores = anomaly[reps].tolist()
+        src_addresses = rep_flows["src_addr"].tobytes()
+        dst_addresses = rep_flows["dst_addr"].tobytes()
+        src_macs = rep_flows["src_mac"].tobytes()
+        dst_macs = rep_flows["dst_mac"].tobytes()
+        # Per-group time range and flow ids, over all members at once.
+        members_all = np.concatenate(groups)
+        sizes = [int(members.size) for members in groups]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        first_seen = (np.minimum.reduceat(flows["bidirectional_first_seen_ns"][members_all], starts) / 1e9).tolist()
+        last_seen = (np.maximum.reduceat(flows["bidirectional_last_seen_ns"][members_all], starts) / 1e9).tolist()
+        flow_ids = flows["flow_id"][members_all].tolist()
+
+        detections = []
+        for i, members in enumerate(groups):
+            version = columns["ip_version"][i]
+            src = address_text(src_addresses[16 * i:16 * i + 16], version)
+            dst = address_text(dst_addresses[16 * i:16 * i + 16], version)
+            proto = columns["ip_proto"][i]
+            protocol = _PROTOCOL_NAMES.get(proto, str(proto))
+            has_ports = proto in (6, 17)
+            if is_model[i]:
+                attack_class = self._class_names[classes[i]]
+                info = ATTACK_CLASSES.get(attack_class)
+                category = info.category if info else attack_class
+                technique = info.technique if info else None
+                origin, score = "model", scores[i]
+                summary = f"the model classed this flow as {attack_class.replace('_', ' ')} ({score:.0%})"
+            else:
+                attack_class, category, technique, origin, score = None, "anomaly", None, "anomaly", None
+                summary = "the flow is unlike the benign traffic the anomaly model learnt"
+            port_text = f":{columns['dst_port'][i]}" if has_ports else ""
+            detection = Detection(
+                category=category,
+                technique=technique,
+                attack_class=attack_class,
+                origin=origin,
+                src_ip=src,
+                dst_ip=dst,
+                src_port=columns["src_port"][i] if has_ports else None,
+                dst_port=columns["dst_port"][i] if has_ports else None,
+                protocol=protocol,
+                src_mac=mac_text(src_macs[6 * i:6 * i + 6]),
+                dst_mac=mac_text(dst_macs[6 * i:6 * i + 6]),
+                first_seen=first_seen[i],
+                last_seen=last_seen[i],
+                flow_ids=flow_ids[starts[i]:starts[i] + min(sizes[i], MAX_FLOW_IDS)],
+                community_id=community_ids[i].decode("ascii") or None,
+                summary=f"{src} -> {dst}{port_text}/{protocol}: {summary}",
+                model_score=score,
+                anomaly_score=anomaly_scores[i],
+                top_features=tops[i],
+                evidence={
+                    "packets": columns["bidirectional_packets"][i],
+                    "bytes": columns["bidirectional_bytes"][i],
+                    "duration_ms": round(columns["bidirectional_duration_ms"][i], 3),
+                    "src2dst_bytes": columns["src2dst_bytes"][i],
+                    "dst2src_bytes": columns["dst2src_bytes"][i],
+                    "history": histories[i].decode("ascii"),
+                },
+                count=sizes[i],
+            )
+            if sizes[i] > 1:
+                detection.summary += f"; {sizes[i]} such flows in this batch"
+            if is_model[i] and classes[i] == self._beacon_class:
+                self._add_held_beacons(detection, rep_flows[i])
+            detections.append(detection)
+        return detections
 
     def _add_held_beacons(self, detection: Detection, flow) -> None:
         """Add the connections held before the pair's beacon verdict was corroborated to its detection."""
@@ -579,55 +648,25 @@ class Pipeline:
         self.counters["scan_flows_uncorroborated"] += int((~allowed).sum())
         return allowed
 
-    def _anomaly_features(self, row: np.ndarray) -> list[tuple[str, float, float]]:
-        # The isolation forest has no per-class contributions; report the
-        # features farthest from the benign medians the model recorded.
-        medians = getattr(self.model, "benign_medians", None)
-        names = self.model.feature_names
-        if medians is None:
-            return []
-        scale = np.abs(medians) + 1.0
-        distance = np.abs(row - medians) / scale
-        order = np.argsort(-distance)[:5]
-        return [(names[j], float(row[j]), float(distance[j])) for j in order]
+    def _anomaly_features_rows(self, rows: np.ndarray) -> list[list[tuple[str, float, float]]]:
+        """Return, per row, the five features farthest from the benign medians.
 
-    def _from_flow(self, flow, category, technique, attack_class, origin, summary,
-                   model_score, anomaly_score, top) -> Detection:
-        version = int(flow["ip_version"])
-        src = address_text(flow["src_addr"], version)
-        dst = address_text(flow["dst_addr"], version)
-        proto = int(flow["ip_proto"])
-        protocol = _PROTOCOL_NAMES.get(proto, str(proto))
-        has_ports = proto in (6, 17)
-        return Detection(
-            category=category,
-            technique=technique,
-            attack_class=attack_class,
-            origin=origin,
-            src_ip=src,
-            dst_ip=dst,
-            src_port=int(flow["src_port"]) if has_ports else None,
-            dst_port=int(flow["dst_port"]) if has_ports else None,
-            protocol=protocol,
-            src_mac=mac_text(flow["src_mac"]),
-            dst_mac=mac_text(flow["dst_mac"]),
-            first_seen=flow["bidirectional_first_seen_ns"] / 1e9,
-            last_seen=flow["bidirectional_last_seen_ns"] / 1e9,
-            flow_ids=[int(flow["flow_id"])],
-            community_id=flow["community_id"].decode("ascii") or None,
-            summary=f"{src} -> {dst}{':' + str(int(flow['dst_port'])) if has_ports else ''}/{protocol}: {summary}",
-            model_score=model_score,
-            anomaly_score=anomaly_score,
-            top_features=top,
-            evidence={
-                "packets": int(flow["bidirectional_packets"]),
-                "bytes": int(flow["bidirectional_bytes"]),
-                "duration_ms": round(float(flow["bidirectional_duration_ms"]), 3),
-                "src2dst_bytes": int(flow["src2dst_bytes"]),
-                "dst2src_bytes": int(flow["dst2src_bytes"]),
-                "history": flow["history"].decode("ascii"),
-            },
-        )
+        The isolation forest has no per-class contributions; the features
+        farthest from the benign medians the model recorded explain a
+        verdict best.
+        """
+        medians = getattr(self.model, "benign_medians", None)
+        if medians is None or rows.shape[0] == 0:
+            return [[] for _ in range(rows.shape[0])]
+        names = self.model.feature_names
+        distance = np.abs(rows - medians) / (np.abs(medians) + 1.0)
+        order = np.argsort(-distance, axis=1, kind="stable")[:, :5]
+        values = np.take_along_axis(rows, order, axis=1).tolist()
+        distances = np.take_along_axis(distance, order, axis=1).tolist()
+        return [
+            [(names[j], value, far) for j, value, far in zip(columns, row_values, row_distances)]
+            for columns, row_values, row_distances in zip(order.tolist(), values, distances)
+        ]
 
     @staticmethod
     def _from_rule(hit: RuleHit) -> Detection:
