@@ -301,8 +301,8 @@ cdef inline void _prepare(
 
 
 cdef inline const double* _growth(growth_cache* cache, const double* rates, const int* power_of_next,
-                                  int windows, double since_landmark_s) noexcept nogil:
-    """Return exp(rate_k * since_landmark_s) for every half-life k.
+                                  int windows, double fastest_rate, double since_landmark_s) noexcept nogil:
+    """Return exp(rate_k * since_landmark_s) for every half-life k, each at least exp(-BACKWARD_NATS).
 
     When a rate is a whole multiple m of the next one (0.1 s against 1 s:
     m = 10), its factor is the next factor to the power m: a few multiplies
@@ -311,7 +311,14 @@ cdef inline const double* _growth(growth_cache* cache, const double* rates, cons
     """
     cdef int k, m
     cdef double base, result
-    if since_landmark_s != cache.since_landmark_s:
+    if since_landmark_s != cache.since_landmark_s and since_landmark_s * fastest_rate < -BACKWARD_NATS:
+        # A packet far older than the landmark: its weight in the fast
+        # half-lives is below exp(-300) of the newest and is held there, so
+        # the sums never meet subnormal numbers; the slow ones stay exact.
+        for k in range(windows):
+            cache.factor[k] = exp(max(since_landmark_s * rates[k], -BACKWARD_NATS))
+        cache.since_landmark_s = since_landmark_s
+    elif since_landmark_s != cache.since_landmark_s:
         k = windows - 1
         while k >= 0:
             m = power_of_next[k]
@@ -370,35 +377,33 @@ cdef inline const double* _key_growth(
     int windows, int fields, bint keep_residuals, const double* rates, const int* power_of_next,
     double fastest_rate, growth_cache* packet_growth, growth_cache* key_growth,
 ) noexcept nogil:
-    """Place one key's update in time and return the growth factors its sums take.
+    """Bring one key's sums to a landmark that can hold a packet at now_s; return the growth factors.
 
-    The update's effective time is the packet time, or the key's last
-    update when the packet is older. Keys move to the shared landmark when
-    the effective time is within BACKWARD_NATS before it; a key updated
-    only by much older packets keeps a landmark of its own.
+    Keys use the shared landmark while their packets are at most
+    BACKWARD_NATS before it. A key that receives much older packets (merged
+    captures, a clock step) keeps a landmark of its own, so its sums stay
+    exact and its queries stay finite.
     """
-    cdef double effective_s = now_s
     cdef double key_landmark
     if is_new:
-        if (landmark_s - effective_s) * fastest_rate <= BACKWARD_NATS:
+        if (landmark_s - now_s) * fastest_rate <= BACKWARD_NATS:
             key_landmark_s[0] = landmark_s
         else:
-            key_landmark_s[0] = effective_s
+            key_landmark_s[0] = now_s
+        key_time_s[0] = now_s
     else:
-        if key_time_s[0] > effective_s:
-            effective_s = key_time_s[0]
         key_landmark = key_landmark_s[0]
-        if (landmark_s - effective_s) * fastest_rate <= BACKWARD_NATS:
+        if (landmark_s - now_s) * fastest_rate <= BACKWARD_NATS:
             if key_landmark != landmark_s:
                 _move_to_landmark(stats, key_landmark_s, landmark_s, windows, fields, rates, keep_residuals)
-        elif ((effective_s - key_landmark) * fastest_rate > RENORMALISE_NATS
-              or (key_landmark - effective_s) * fastest_rate > BACKWARD_NATS):
-            _move_to_landmark(stats, key_landmark_s, effective_s, windows, fields, rates, keep_residuals)
-    key_time_s[0] = effective_s
+        elif (now_s - key_landmark) * fastest_rate > RENORMALISE_NATS:
+            _move_to_landmark(stats, key_landmark_s, now_s, windows, fields, rates, keep_residuals)
+        if now_s > key_time_s[0]:
+            key_time_s[0] = now_s
     key_landmark = key_landmark_s[0]
-    if effective_s == now_s and key_landmark == landmark_s:
-        return _growth(packet_growth, rates, power_of_next, windows, effective_s - key_landmark)
-    return _growth(key_growth, rates, power_of_next, windows, effective_s - key_landmark)
+    if key_landmark == landmark_s:
+        return _growth(packet_growth, rates, power_of_next, windows, fastest_rate, now_s - key_landmark)
+    return _growth(key_growth, rates, power_of_next, windows, fastest_rate, now_s - key_landmark)
 
 
 cdef inline void _address_words(const uint8_t[:, :] address, Py_ssize_t row,
@@ -507,9 +512,9 @@ def update_tables(
     cdef double* host_key_landmark = &host_landmark[0]
     cdef double* pair_key_landmark = &pair_landmark[0]
     cdef double* sock_key_landmark = &sock_landmark[0]
-    # The packet's own growth factors, and those of keys whose last update
-    # is later than the packet (reordered input): one buffer per role, as
-    # the source's factors are still used after the others are looked up.
+    # The growth factors of keys on the shared landmark (one set per packet),
+    # and of keys with a landmark of their own: one buffer per role, as the
+    # source's factors are still used after the others are looked up.
     cdef growth_cache packet_growth, src_late, dst_late, pair_late, socket_late
     packet_growth.since_landmark_s = NAN
     src_late.since_landmark_s = NAN
@@ -534,12 +539,11 @@ def update_tables(
     # they were added at, so the value at time T is the stored sum times
     # exp(-rate * (T - landmark)). An update then adds without decaying
     # the key's other sums first, and costs no exp() beyond the packet's
-    # own factors. A key's sums are added at its effective time: the packet
-    # time, or the key's last update when the packet is older (reordered
-    # input adds undecayed, as if it came at the last update). The landmark
-    # moves to the packet time when the fastest half-life's factor passes
-    # exp(RENORMALISE_NATS); each key's sums move to the new landmark at
-    # the key's next update (_key_growth), so no update walks the table.
+    # own factors. Each packet counts at its own time, so reordered input
+    # gives the same sums as sorted input. The landmark moves to the packet
+    # time when the fastest half-life's factor passes exp(RENORMALISE_NATS);
+    # each key's sums move to the new landmark at the key's next update
+    # (_key_growth), so no update walks the table.
     #
     # The loop runs LOOKAHEAD packets behind its key preparation: packet
     # i + LOOKAHEAD gets its keys hashed and its likely slots prefetched

@@ -313,9 +313,39 @@ def test_window_time_going_backwards():
     windows.update(make_packets(rows))
     features = query_one(windows, 1, 2, 1000, 80, UDP, 1.0)
     assert np.all(np.isfinite(features))
-    # The late packet is added undecayed and its negative gap counts as 0.
-    assert features[OUT_SRC_HOST + 0] == pytest.approx(2.0)
-    assert features[OUT_SRC_HOST + 3] == pytest.approx(0.0)
+    for k, half_life_s in enumerate(HALF_LIVES_S):
+        column = k * OUT_PER_WINDOW + OUT_SRC_HOST
+        # The late packet counts at its own time, 0.5 s before the first.
+        late_weight = 2.0 ** (-0.5 / half_life_s)
+        assert features[column + 0] == pytest.approx(1.0 + late_weight)
+        assert features[column + 1] == pytest.approx((100 + 300 * late_weight) / (1.0 + late_weight))
+        # Its negative gap counts as 0.
+        assert features[column + 3] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_window_reordered_input_matches_sorted(seed):
+    # Packets shuffled within 2 s, as a SPAN of several ports or merged
+    # captures deliver them: the damped sums are those of the packet times.
+    rows = random_rows(seed, count=200)
+    rng = np.random.default_rng(seed)
+    jitter = rng.uniform(0.0, 2.0, len(rows))
+    shuffled = [rows[i] for i in np.argsort([row[0] + j for row, j in zip(rows, jitter)])]
+    assert shuffled != rows
+    windows = WindowFeatures(capacity=1024)
+    windows.update(make_packets(shuffled))
+    at_s = max(row[0] for row in rows) + 0.05
+    stems = [stem for stem, _unit, _meaning in WINDOW_STEMS]
+    order_free = ("src_host_weight", "src_host_size_mean", "src_host_size_std",
+                  "pair_weight", "pair_size_mean", "pair_size_std")
+    for src, dst in ((1, 2), (3, 5), (4, 1)):
+        features = query_one(windows, src, dst, 1000, 80, TCP, at_s)
+        for k, half_life_s in enumerate(HALF_LIVES_S):
+            expected = reference_features(rows, src, dst, 1000, 80, TCP, at_s, half_life_s)
+            for name in order_free:
+                actual = features[k * OUT_PER_WINDOW + stems.index(name)]
+                tolerance = 1e-4 if name.endswith("_std") else 1e-9
+                assert actual == pytest.approx(expected[name], rel=1e-7, abs=tolerance), (name, half_life_s)
 
 
 def test_window_rejects_wrong_dtype():

@@ -19,9 +19,12 @@ multiply per stored field. Means, variances and the pair residuals are
 ratios of sums of one scale and need no factor. The landmark moves forward to the packet time once the
 fastest half-life's factor passes exp(400) (every 58 s of traffic with the
 0.1 s half-life), and each key is rescaled to the new landmark at its next
-update, so no update walks a whole table. A key whose packets are all
-older than the landmark by more than 300 e-folds of the fastest half-life
-(43 s for 0.1 s: merged captures, a clock step) keeps a landmark of its own.
+update, so no update walks a whole table. A key whose packets are older
+than the landmark by more than 300 e-folds of the fastest half-life (43 s
+for 0.1 s: merged captures, a clock step) keeps a landmark of its own. A
+packet older than its key's landmark by more than that counts with at
+least exp(-300) of its weight in each half-life, not less: a difference
+far below float64 precision next to the key's newer packets.
 
 Four open-addressing tables hold the state, each with a fixed capacity (a
 power of two) and fixed-width keys of five uint64 words:
@@ -40,8 +43,9 @@ emptied, so a lookup may stop at the first unused slot.
 
 Timestamps inside the kernels are float64 seconds since the table's base
 time (the first packet seen), which keeps microsecond precision for years.
-A packet older than its key's last update counts as if it came at that
-update (it decays nothing) and adds a zero gap.
+Every packet counts at its own timestamp, so reordered input gives the
+sums of sorted input; a packet older than its host's previous one adds a
+zero inter-arrival gap.
 """
 
 from engine._native import windowfeatures
