@@ -52,12 +52,24 @@ def _curve_client_keys(curve_secret, curve_server_key):
 
 
 def _open_existing_store(store_path):
-    from engine.alerts.store import AlertStore
+    """Open the store read-only; return it, or None when it has no alert tables yet."""
+    from engine.alerts.store import READ_COLUMNS, AlertStore
+    from engine.store import check_store_tables
 
     path = store_path or default_store_path()
     if not os.path.isfile(path):
         raise click.ClickException(f"store {path} not found; pass --store PATH or run `wardwatch analyze` first")
-    return AlertStore(path)
+    store = AlertStore(path, read_only=True)
+    try:
+        missing = check_store_tables(store.conn, path, READ_COLUMNS)
+    except BaseException:
+        store.close()
+        raise
+    if missing:
+        store.close()
+        click.echo(f"store {path} has no alerts yet", err=True)
+        return None
+    return store
 
 
 def _format_time(seconds: float) -> str:
@@ -121,8 +133,12 @@ def alerts():
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
 def list_alerts(store_path, since, severity, category, limit, as_json):
     """List current alerts, most recent first."""
-    with _open_existing_store(store_path) as store:
-        for alert in store.list_alerts(_parse_since_time(since), severity, category, limit):
+    since_time = _parse_since_time(since)
+    store = _open_existing_store(store_path)
+    if store is None:
+        return
+    with store:
+        for alert in store.list_alerts(since_time, severity, category, limit):
             click.echo(json.dumps(alert.to_dict()) if as_json else format_alert_line(alert))
 
 
@@ -131,8 +147,11 @@ def list_alerts(store_path, since, severity, category, limit, as_json):
 @click.argument("alert_id_or_seq")
 def show_alert(store_path, alert_id_or_seq):
     """Print one alert as JSON: by id (latest revision) or by the seq of one publication."""
-    with _open_existing_store(store_path) as store:
-        alert = store.get_alert(alert_id_or_seq)
+    store = _open_existing_store(store_path)
+    alert = None
+    if store is not None:
+        with store:
+            alert = store.get_alert(alert_id_or_seq)
     if alert is None:
         click.echo(f"no alert with id or seq {alert_id_or_seq!r}", err=True)
         sys.exit(EXIT_NOT_FOUND)
@@ -142,14 +161,20 @@ def show_alert(store_path, alert_id_or_seq):
 @alerts.command("tail")
 @click.option("--connect", "connect", multiple=True, required=True, help="Bus endpoint to subscribe to; repeat for several sensors.")
 @click.option("--topic", "topics", multiple=True, help="Topic prefix such as alert.high. or alert.high.scan; repeatable (default: all alerts).")
-@click.option("--since", type=click.IntRange(min=0), default=None, help="Last seq already received; print everything after it (needs --replay).")
+@click.option("--since", type=click.IntRange(min=0), default=None,
+              help="Last seq already received; print every publication after it, then follow live ones (needs --replay).")
 @click.option("--replay", "replay", multiple=True, help="Replay endpoint of a sensor, to fill seq gaps; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
 @click.option("--max-alerts", type=click.IntRange(min=1), default=None, help="Exit after printing this many alerts.")
 @click.option("--idle-exit-s", type=click.FloatRange(min=0.1), default=None, help="Exit after this many seconds without an alert.")
 @_curve_client_options
 def tail_alerts(connect, topics, since, replay, as_json, max_alerts, idle_exit_s, curve_secret, curve_server_key):
-    """Subscribe to the alert bus and print each alert once, filling gaps from replay."""
+    """Subscribe to the alert bus and print every publication once, in seq order.
+
+    An aggregated alert is published again when it grows or closes, and each
+    of these revisions has its own seq and line (rN in the text line, the
+    revision field in JSON). Seq gaps are filled from --replay.
+    """
     from engine.alerts.bus import GapFillingSubscriber, ReplayError
     from engine.alerts.schema import unpack_alert
 
@@ -165,6 +190,14 @@ def tail_alerts(connect, topics, since, replay, as_json, max_alerts, idle_exit_s
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     printed = 0
     try:
+        subscriber.start()
+        for sensor_id, last_seq in subscriber.since_ahead.items():
+            click.echo(
+                f"warning: --since {since} is ahead of sensor {sensor_id}, whose last seq is {last_seq};"
+                f" printing its publications from seq {last_seq + 1} on. If its store was replaced,"
+                " run again with --since 0 to print everything it stored.",
+                err=True,
+            )
         while max_alerts is None or printed < max_alerts:
             received = subscriber.receive(timeout_s=idle_exit_s)
             if received is None:

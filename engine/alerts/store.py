@@ -75,6 +75,12 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 
+# Columns that the read commands (alerts list and show) query, per table.
+READ_COLUMNS = {
+    "alerts": ("id", "seq", "severity", "category", "last_seen", "body"),
+    "alert_events": ("seq", "body"),
+}
+
 # Maximum rows per replay page; a request with a larger limit gets this many.
 MAX_PAGE_SIZE = 1_000
 # Largest value of an SQLite INTEGER (signed 64-bit).
@@ -96,9 +102,13 @@ class Publication:
 class AlertStore:
     """The alert tables of one store file, used from one thread."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
-        self.conn = open_store(path)
-        ensure_schema(self.conn)
+    def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False):
+        # A read-only store is opened by read commands, which must not add
+        # tables to a file; the caller checks its tables with
+        # engine.store.check_store_tables.
+        self.conn = open_store(path, read_only=read_only)
+        if not read_only:
+            ensure_schema(self.conn)
 
     def close(self) -> None:
         self.conn.close()

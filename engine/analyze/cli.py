@@ -46,11 +46,30 @@ def load_config(path: str | None) -> dict:
         raise click.ClickException(f"invalid TOML in configuration {path}: {error}") from error
 
 
+# Top-level tables of the configuration file. [logins] is read by
+# `wardwatch logins`, so one file can serve every command.
+CONFIG_SECTIONS = ("alerts", "analyze", "logins", "rules")
+
+
+def check_config_sections(config: dict) -> None:
+    """Raise ClickException naming the valid sections when the file has another top-level key.
+
+    A misspelt section would otherwise be ignored, and its settings with it.
+    """
+    for name in config:
+        if name not in CONFIG_SECTIONS:
+            raise click.ClickException(
+                f"invalid configuration section [{name}]; expected one of:"
+                f" {', '.join(f'[{section}]' for section in CONFIG_SECTIONS)}"
+            )
+
+
 def build_options(config: dict, idle_timeout, active_timeout):
     from engine.analyze.pipeline import AnalyzeOptions
     from engine.analyze.rules import RuleConfig
 
-    for section in ("analyze", "rules"):
+    check_config_sections(config)
+    for section in ("analyze", "rules", "alerts"):
         if not isinstance(config.get(section, {}), dict):
             raise click.ClickException(
                 f"invalid configuration: {section} = {config[section]!r} is not a table; write it as a [{section}] section"
@@ -131,6 +150,7 @@ def build_alert_config(config: dict, sink_options: dict):
     from engine.alerts.commands import alert_config_from_options
     from engine.alerts.config import AlertConfig
 
+    check_alert_tables(config.get("alerts", {}))
     try:
         base = AlertConfig.from_mapping(config.get("alerts", {}))
     except (TypeError, ValueError) as error:
@@ -138,6 +158,57 @@ def build_alert_config(config: dict, sink_options: dict):
     if not sink_options.get("sensor_id") and base.sensor_id == AlertConfig().sensor_id:
         sink_options = dict(sink_options, sensor_id=socket.gethostname() or base.sensor_id)
     return alert_config_from_options(sink_options, base=base)
+
+
+def _field_names(options_class) -> list[str]:
+    return sorted(item.name for item in dataclasses.fields(options_class))
+
+
+def check_alert_tables(table) -> None:
+    """Raise ClickException unless every key of [alerts] and of its sub-tables names a setting.
+
+    AlertConfig.from_mapping passes the keys to dataclass constructors, whose
+    TypeError names Python internals instead of the setting and section.
+    """
+    from engine.alerts.config import AggregationConfig, AlertConfig, RateLimitConfig, SuppressionRule
+
+    sub_tables = {"aggregation": AggregationConfig, "rate_limits": RateLimitConfig}
+    for name in table:
+        if name in _field_names(AlertConfig):
+            continue
+        for sub_name, sub_class in sub_tables.items():
+            if name in _field_names(sub_class):
+                raise click.ClickException(
+                    f"invalid configuration key [alerts] {name}; it is a setting of [alerts.{sub_name}], so move it there"
+                )
+        raise click.ClickException(
+            f"invalid configuration key [alerts] {name}; expected one of: {', '.join(_field_names(AlertConfig))}"
+        )
+    for sub_name, sub_class in sub_tables.items():
+        sub_table = table.get(sub_name, {})
+        if not isinstance(sub_table, dict):
+            raise click.ClickException(
+                f"invalid configuration: alerts.{sub_name} = {sub_table!r} is not a table;"
+                f" write it as an [alerts.{sub_name}] section"
+            )
+        for name in sub_table:
+            if name not in _field_names(sub_class):
+                raise click.ClickException(
+                    f"invalid configuration key [alerts.{sub_name}] {name};"
+                    f" expected one of: {', '.join(_field_names(sub_class))}"
+                )
+    rules = table.get("suppression", [])
+    if not isinstance(rules, list) or not all(isinstance(rule, dict) for rule in rules):
+        raise click.ClickException(
+            "invalid configuration: alerts.suppression must be an array of tables; write each rule as [[alerts.suppression]]"
+        )
+    for rule in rules:
+        for name in rule:
+            if name not in _field_names(SuppressionRule):
+                raise click.ClickException(
+                    f"invalid configuration key [[alerts.suppression]] {name};"
+                    f" expected one of: {', '.join(_field_names(SuppressionRule))}"
+                )
 
 
 class StatusLine:
@@ -197,9 +268,12 @@ def format_alert_line(alert) -> str:
 @click.option("--linger", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to keep the bus and replay socket open after the last capture, "
                    "so late subscribers can fetch what they missed.")
+@click.option("--force", is_flag=True,
+              help="Analyse a capture even if this store has analysed a file with the same content before; "
+                   "its alerts are then stored twice.")
 @alert_sink_options
 def analyze_command(captures, store_path, model_path, config_path, batch_size, idle_timeout, active_timeout,
-                    quiet, no_inspect, policy_path, linger, **sink_options):
+                    quiet, no_inspect, policy_path, linger, force, **sink_options):
     """Analyse capture files and publish alerts.
 
     Reads each CAPTURE (pcap or pcapng, plain, gzip or zstd; "-" for standard
@@ -219,6 +293,8 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
             raise click.ClickException(f"no capture given and the sample capture {SAMPLE_CAPTURE} is missing")
         captures = (str(SAMPLE_CAPTURE),)
         click.echo(f"No capture given: analysing the shipped sample {SAMPLE_CAPTURE.name}", err=True)
+    if captures.count("-") > 1:
+        raise click.UsageError("standard input (-) can be read only once; give - as one CAPTURE at most")
 
     config = load_config(config_path)
     options = build_options(config, idle_timeout, active_timeout)
@@ -235,6 +311,8 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
             policy = load_policy(policy_path)
         except PolicyError as error:
             raise click.ClickException(str(error)) from error
+
+    capture_log = CaptureLog(store_path, captures, force)
 
     status = StatusLine()
     published = Counter()
@@ -265,6 +343,7 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
     try:
         sink = AlertSink(store_path, alert_config).open()
     except Exception as error:  # zmq.ZMQError on a bound port, sqlite3 errors, OSError
+        capture_log.close()
         raise click.ClickException(f"cannot open the alert outputs: {error}") from error
     try:
         if sink.bus_endpoint:
@@ -276,6 +355,7 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
             pipeline = Pipeline(model, options, inspector)
             run = RunStats(sensor_id=alert_config.sensor_id, source=os.path.abspath(capture) if capture != "-" else "-")
             reader_stats = {}
+            capture_failed = False
             try:
                 with open_capture(capture, batch_size=batch_size) as reader:
                     for batch in reader:
@@ -291,6 +371,7 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
                     reader_stats = dict(reader.stats)
             except CaptureError as error:
                 failures += 1
+                capture_failed = True
                 status.clear()
                 click.echo(f"error: {error}", err=True)
             emit(sink, pipeline.finish())
@@ -313,12 +394,15 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
             run.last_packet_time = end_time
             run.anomaly_counters = anomalies
             sink.publish_stats(run)
+            if not capture_failed:
+                capture_log.record(capture, run.run_id)
             print_summary(capture, pipeline, anomalies, published)
         if linger and sink.bus_endpoint:
             click.echo(f"Serving the bus and replay for {linger:g} s", err=True)
             time.sleep(linger)
     finally:
         sink.close()
+        capture_log.close()
         if inspection is not None:
             inspection.close()
 
@@ -327,6 +411,72 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
     click.echo(f"{total_packets:,} packets in {elapsed:.2f} s ({rate:,.0f} packets/s)")
     if failures:
         sys.exit(1)
+
+
+class CaptureLog:
+    """Reject captures that this store has analysed before, and record those analysed now.
+
+    The check runs before the first capture is read, so a rejected command
+    stores nothing. Standard input, named pipes and devices cannot be hashed
+    ahead of reading, so only regular files are checked and recorded.
+    """
+
+    def __init__(self, store_path, captures, force: bool):
+        from engine.analyze import capture_log
+        from engine.store import check_store_tables, default_store_path, open_store
+
+        self.path = store_path or default_store_path()
+        if os.path.isfile(self.path):
+            # Opening for writing alone would switch another application's
+            # SQLite file to WAL mode, so such a file is rejected first.
+            reader = open_store(self.path, read_only=True)
+            try:
+                check_store_tables(reader, self.path, {})
+            finally:
+                reader.close()
+        self.conn = open_store(self.path)
+        capture_log.ensure_schema(self.conn)
+        self.digests: dict[str, tuple[str, int]] = {}
+        first_with_digest: dict[str, str] = {}
+        for capture in captures:
+            # Only a regular file can be read twice: hashing a named pipe or
+            # a device would consume its packets or wait for a writer.
+            if capture == "-" or not os.path.isfile(capture):
+                continue
+            try:
+                digest, size_bytes = capture_log.file_sha256(capture)
+            except OSError:
+                continue  # reading the capture reports the error
+            self.digests[capture] = (digest, size_bytes)
+            if force:
+                continue
+            earlier = capture_log.find_analysed(self.conn, digest)
+            if earlier is not None:
+                self.close()
+                raise click.ClickException(
+                    f"store {self.path} already contains the alerts of {capture}: a file with the same content was"
+                    f" analysed on {earlier.describe()}; pass --force to analyse it again and store its alerts"
+                    " twice, or pass another --store"
+                )
+            if digest in first_with_digest:
+                self.close()
+                raise click.ClickException(
+                    f"{capture} has the same content as {first_with_digest[digest]}; give each capture once,"
+                    " or pass --force to store its alerts twice"
+                )
+            first_with_digest[digest] = capture
+
+    def record(self, capture: str, run_id: str) -> None:
+        """Record a capture that was read to its end in the run `run_id`."""
+        from engine.analyze import capture_log
+
+        if capture not in self.digests:
+            return
+        digest, size_bytes = self.digests[capture]
+        capture_log.record_analysed(self.conn, digest, size_bytes, run_id, os.path.abspath(capture))
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class InspectionStage:
@@ -347,6 +497,7 @@ class InspectionStage:
         self.inventory = Inventory(self.conn)
         self.access = AccessMonitor(self.policy, self.zones, self.conn, roles_of=self.inventory.roles)
         self.login_records: list = []
+        self.user_pseudonymizer = None  # made from user_key_file() at the first login record
         self.counters = Counter()
         # Finding aggregation key -> capture time it was last reported.
         self.findings_reported: OrderedDict = OrderedDict()
@@ -367,8 +518,25 @@ class InspectionStage:
         if output.logins:
             from engine.logins.ingest import ingest_records
 
+            self._pseudonymise_users(output.logins)
             self.login_records += ingest_records(self.conn, output.logins)
         return [alert for alert in output.alerts if not self._repeated_finding(alert)]
+
+    def _pseudonymise_users(self, records) -> None:
+        """Replace each record's user name by its keyed pseudonym before it is stored.
+
+        The store then contains no account name from traffic, in
+        login_records or in login_baselines. A user keeps one pseudonym
+        across runs because the key is the operator's or the one kept beside
+        the store.
+        """
+        if self.user_pseudonymizer is None:
+            from engine.privacy import Pseudonymizer
+
+            self.user_pseudonymizer = Pseudonymizer.from_key_file(self.user_key_file())
+        for record in records:
+            if record.user is not None:
+                record.user = self.user_pseudonymizer.text(record.user, "user")
 
     def _repeated_finding(self, alert) -> bool:
         """Return True for a finding already reported within FINDING_REPEAT_S of capture time.

@@ -8,7 +8,7 @@ import os
 
 import click
 
-from engine.store import default_store_path, open_store
+from engine.store import check_store_tables, default_store_path, open_store
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,27 @@ def _format_asset(asset: dict) -> str:
         if attributes.get(kind):
             lines.append(f"    {kind}: {', '.join(attributes[kind])}")
     return "\n".join(lines)
+
+
+def _list_assets(path: str, as_json: bool, show_alerts: bool) -> None:
+    """Print the stored inventory without writing to the store, which may be on read-only media."""
+    from engine.assets.inventory import READ_COLUMNS, Inventory
+
+    conn = open_store(path, read_only=True)
+    try:
+        missing = check_store_tables(conn, path, READ_COLUMNS)
+        assets = [] if missing else Inventory(conn, read_only=True).assets()
+    finally:
+        conn.close()
+    if missing:
+        click.echo(f"store {path} has no asset inventory yet; pass --pcap FILE or run `wardwatch analyze`", err=True)
+    # As after inspecting captures, --show-alerts replaces the text listing,
+    # and without captures there are no alerts to show.
+    if as_json:
+        click.echo(json.dumps(assets, indent=2, sort_keys=True))
+    elif not show_alerts:
+        for asset in assets:
+            click.echo(_format_asset(asset))
 
 
 @click.command("assets")
@@ -45,10 +66,12 @@ def assets_command(store_path, pcaps, policy_path, show_alerts, as_json):
     except PolicyError as error:
         raise click.BadParameter(str(error), param_hint="--policy") from None
     path = store_path or default_store_path()
-    try:
-        conn = open_store(path)
-    except (FileNotFoundError, OSError) as error:
-        raise click.ClickException(f"cannot open store {path}: {error}") from None
+    if not pcaps:
+        _list_assets(path, as_json, show_alerts)
+        return
+    # open_store raises StoreError with the path and the fix in its message,
+    # which the `wardwatch` group prints as it is.
+    conn = open_store(path)
     inventory = Inventory(conn)
     zones = ZoneMap(policy.zones)
     access = AccessMonitor(policy, zones, conn, roles_of=inventory.roles)

@@ -147,6 +147,13 @@ def vendor_roles(vendor: str) -> set[str]:
     return roles
 
 
+# Columns that listing the inventory reads, per table.
+READ_COLUMNS = {
+    "assets": ("ip", "mac", "vendor", "first_seen", "last_seen"),
+    "asset_attributes": ("ip", "kind", "value"),
+}
+
+
 def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the inventory tables if they do not exist."""
     conn.executescript(
@@ -175,11 +182,14 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 class Inventory:
     """Incremental writer and reader of the asset tables."""
 
-    def __init__(self, conn: sqlite3.Connection, oui_path: str | None = None):
+    def __init__(self, conn: sqlite3.Connection, oui_path: str | None = None, read_only: bool = False):
+        # A read-only inventory only lists, so it leaves the file's tables
+        # alone; the caller checks them with engine.store.check_store_tables.
         self.conn = conn
         self.oui_path = oui_path
         self.attributes_dropped = 0
-        ensure_schema(conn)
+        if not read_only:
+            ensure_schema(conn)
 
     def update(self, results: Iterable[FlowInspection]) -> int:
         """Record the observations of each result's two hosts; return how many hosts were touched."""

@@ -36,7 +36,7 @@ def train_command(captures, label_paths, validation_captures, output, seed, roun
     threshold; the rest are trained on. Needs LightGBM (pip install
     wardwatch[train]). Exit codes: 0 written, 1 training failed, 2 usage.
     """
-    # Checked before the captures are read, which takes minutes.
+    # Checked before the captures are read, which can take minutes.
     try:
         import lightgbm  # noqa: F401
     except ImportError as error:

@@ -205,6 +205,15 @@ def _check_tree_targets(path: Path, classifier: TreeArrays, anomaly: TreeArrays,
         raise ModelFileError(f"model file {path}: a classifier tree adds to a class outside 0..{outputs - 1}")
     if anomaly.tree_class.size and anomaly.tree_class.max() != 0:
         raise ModelFileError(f"model file {path}: anomaly trees must all add to output 0")
+    # A NaN split threshold fails every comparison, so walks always take the
+    # right branch there. With all thresholds NaN every flow scores the same.
+    for label, trees in (("classifier", classifier), ("anomaly", anomaly)):
+        for name in ("threshold", "leaf_value"):
+            nan_count = int(np.isnan(getattr(trees, name)).sum())
+            if nan_count:
+                raise ModelFileError(
+                    f"model file {path}: {nan_count} {label} {name} entries are NaN; retrain it with `wardwatch train`"
+                )
 
 
 def load_model(path=None) -> Model:

@@ -197,8 +197,9 @@ def run_command(interface, workers, filter_expression, no_promisc, block_size, b
             run.start()
         except (OSError, ValueError) as error:
             raise click.ClickException(f"cannot start capture on {interface}: {error}") from error
+        workers_text = "1 worker" if settings.workers == 1 else f"{settings.workers} workers"
         click.echo(
-            f"Capturing on {interface} with {settings.workers} workers (fanout group {settings.fanout_group}); "
+            f"Capturing on {interface} with {workers_text} (fanout group {settings.fanout_group}); "
             "stop with Ctrl-C or SIGTERM", err=True,
         )
         try:

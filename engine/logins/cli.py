@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import click
 
-from engine.store import default_store_path, open_store
+from engine.store import check_store_tables, default_store_path, open_store
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +200,34 @@ def detect(since, until, learn, store_path, as_json, bus_endpoint, config_path, 
     from engine.logins.pipeline import analyse
 
     config, privacy = _load_common(config_path, key_file, show_usernames)
+    since_ts = _parse_time(since, "--since")
+    until_ts = _parse_time(until, "--until")
     store_path = store_path or default_store_path()
-    conn = open_store(store_path)
-    storage.ensure_schema(conn)
-    records = storage.load_records(conn, _parse_time(since, "--since"), _parse_time(until, "--until"))
-    alerts = analyse(conn, records, config, privacy.builder(), learn=learn)
-    conn.close()
-    click.echo(f"checked {len(records)} records: {len(alerts)} alerts", err=True)
-    _publish(store_path, alerts, privacy, bus_endpoint, as_json)
+    # Detection only reads, so the store is opened read-only and checked
+    # first: a foreign SQLite file gets an error instead of new tables.
+    conn = open_store(store_path, read_only=True)
+    try:
+        missing = check_store_tables(conn, store_path, storage.READ_COLUMNS)
+        if missing or learn:
+            conn.close()
+            conn = None
+            if "login_records" in missing:
+                click.echo(f"store {store_path} has no login records; run `wardwatch logins ingest` first", err=True)
+                return
+            # --learn writes baselines, so it needs a writable store.
+            conn = open_store(store_path)
+            storage.ensure_schema(conn)
+        records = storage.load_records(conn, since_ts, until_ts)
+        alerts = analyse(conn, records, config, privacy.builder(), learn=learn)
+    finally:
+        if conn is not None:
+            conn.close()
+    noun = "alert" if len(alerts) == 1 else "alerts"
+    click.echo(f"checked {len(records)} records: {len(alerts)} {noun}", err=True)
+    # Publishing writes the alert tables, so it is skipped when there is
+    # nothing to publish.
+    if alerts:
+        _publish(store_path, alerts, privacy, bus_endpoint, as_json)
 
 
 if __name__ == "__main__":

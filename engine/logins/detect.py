@@ -340,9 +340,16 @@ def _source_bursts(frame, failures, config, builder):
         failures_total = int(weight[start:end].sum())
         source = frame.sources[source_index]
         accounts = sorted({frame.users[u] for u in distinct.tolist()})
+        # Some logs and protocols leave the account out of a failure (a
+        # refused pre-authentication, an anonymous bind), so a burst can
+        # name no account at all.
+        if len(distinct):
+            targets = f"against {_plural(len(distinct), 'account')}"
+        else:
+            targets = "with no account name logged"
         alerts.append(builder.build(
             "brute_force_source",
-            f"brute force from {source}: {_plural(failures_total, 'failed logon')} against {_plural(len(distinct), 'account')}",
+            f"brute force from {source}: {_plural(failures_total, 'failed logon')} {targets}",
             ts[start], ts[end - 1], src=source, count=failures_total,
             record_ids=frame.record_id[order[start:end]],
             evidence={"failures": failures_total, "accounts": len(distinct),

@@ -9,12 +9,14 @@ User names: unless the operator opts in with show_usernames, every name in
 an alert's summary and evidence is a keyed pseudonym (HMAC-SHA256 through
 engine.privacy.Pseudonymizer, domain "user"). Without a key file a random
 key is made for the run, so names are hidden but pseudonyms differ between
-runs.
+runs. Names that are pseudonyms already, as `analyze` stores traffic
+logins, are shown unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -34,6 +36,19 @@ from engine.logins.storage import load_records
 from engine.privacy import Pseudonymizer
 
 log = logging.getLogger(__name__)
+
+
+# The form of Pseudonymizer.text(): "p-" and 20 lowercase hex digits.
+_PSEUDONYM = re.compile(r"p-[0-9a-f]{20}")
+
+
+def is_pseudonym(name: str) -> bool:
+    """Return True when `name` has the form of a keyed user pseudonym.
+
+    A logged account that happens to have this form is shown as it is,
+    which reveals nothing that a pseudonym would hide.
+    """
+    return _PSEUDONYM.fullmatch(name) is not None
 
 
 @dataclass
@@ -56,7 +71,10 @@ class Privacy:
         return cls(Pseudonymizer(secrets.token_bytes(32)), show_usernames, None)
 
     def display_user(self, name: str | None) -> str | None:
-        if name is None or self.show_usernames:
+        # Names seen in traffic are stored already pseudonymised (see
+        # engine.analyze.cli.InspectionStage), and hashing them again would
+        # give one account two pseudonyms.
+        if name is None or self.show_usernames or is_pseudonym(name):
             return name
         return self.pseudonymizer.text(name, "user")
 

@@ -6,9 +6,10 @@ login_checkpoints  per input path: the file's identity (device, inode and a
                    SHA-256 of its first line) and how far it has been read
 login_baselines    per user and per source: a JSON document of learnt habits
 
-User names are stored as logged, so that baselines survive a change of the
-pseudonymisation key; alerts pseudonymise them on the way out. Patient
-references and surnames arrive already hashed from the EHR reader.
+User names from log files are stored as logged, so that baselines survive a
+change of the pseudonymisation key. Alerts pseudonymise them on the way out.
+User names seen in traffic arrive as keyed pseudonyms from `analyze` and
+`run`. Patient references and surnames arrive hashed from the EHR reader.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ _INSERT = (
     f"INSERT OR IGNORE INTO login_records (id, {', '.join(_COLUMNS)})"
     f" VALUES (?, {', '.join('?' for _ in _COLUMNS)})"
 )
+
+
+# Columns that `logins detect` reads, per table; every record column, since
+# load_records builds whole LoginRecord objects.
+READ_COLUMNS = {
+    "login_records": ("id", *_COLUMNS),
+    "login_baselines": ("entity_kind", "entity", "data"),
+}
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:

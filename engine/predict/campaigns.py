@@ -82,9 +82,13 @@ class Campaign:
 
     def describe(self) -> str:
         who = f"source {self.key}" if self.group == "source" else f"technique {self.key}"
-        return (f"{self.category} ({self.technique}) from {who} recurs {self.period_name} over {self.episodes} "
-                f"episodes ({self.on_schedule} on schedule); target {self.target} in "
-                f"{self.target_share:.0%} of them")
+        technique = f" ({self.technique})" if self.technique else ""
+        if self.target:
+            aim = f"target {self.target} in {self.target_share:.0%} of them"
+        else:
+            aim = "no destination address in its alerts, so the target is unknown"
+        return (f"{self.category}{technique} from {who} recurs {self.period_name} over {self.episodes} "
+                f"episodes ({self.on_schedule} on schedule); {aim}")
 
 
 def episodes_of(events: list[Event]) -> list[Episode]:

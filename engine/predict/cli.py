@@ -16,6 +16,11 @@ from engine.alerts.commands import alert_config_from_options, alert_sink_options
 from engine.store import default_store_path
 
 
+# Shown where a campaign's alerts carry no destination address; forecast
+# alert summaries use the same words.
+UNKNOWN_TARGET = "unknown target"
+
+
 def _utc(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
@@ -29,15 +34,16 @@ def _load_events(store_path, labels_path):
             return events_from_labels(read_labels(labels_path))
         except (OSError, ValueError, KeyError) as error:
             raise click.ClickException(f"cannot read labels {labels_path}: {error}") from None
-    from engine.store import open_store
+    from engine.store import check_store_tables, open_store
 
     path = store_path or default_store_path()
     if not os.path.isfile(path):
         raise click.ClickException(f"store {path} not found; pass --store PATH or --labels FILE")
-    conn = open_store(path)
+    # Only --publish writes, and it opens the store again through the sink.
+    conn = open_store(path, read_only=True)
     try:
-        table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alerts'").fetchone()
-        if table is None:
+        missing = check_store_tables(conn, path, {"alerts": ("kind", "first_seen", "body")})
+        if missing:
             raise click.ClickException(f"store {path} has no alerts table; run a sensor into it first")
         return events_from_store(conn)
     finally:
@@ -134,7 +140,7 @@ def _print_text(predictions, alerts, top):
     click.echo(f"\nrecurring campaigns ({len(predictions.campaigns)}):")
     for campaign in predictions.campaigns:
         click.echo(f"  [{campaign.confidence:.2f}] next {_utc(campaign.next_start)}..{_utc(campaign.next_end)} UTC"
-                   f" -> {campaign.target or '?'}: {campaign.describe()}")
+                   f" -> {campaign.target or UNKNOWN_TARGET}: {campaign.describe()}")
     click.echo(f"\nnext stage of open attack threads ({len(predictions.stages)}):")
     for stage in predictions.stages:
         click.echo(f"  [{stage.probability:.2f}] {stage.source}: {stage.current_stage} -> {stage.next_stage}"
@@ -184,8 +190,9 @@ def evaluate_command(store_path, labels_path, train_days, as_json):
         else:
             verdict = "not due, " + ("correctly absent" if check.actual_start is None else "came early")
         click.echo(f"  {campaign.group} {campaign.key} {campaign.category}: predicted "
-                   f"{_utc(campaign.next_start)}..{_utc(campaign.next_end)} -> {campaign.target}; actual {actual}"
-                   f" -> {check.actual_target or '-'}; {verdict} (confidence {campaign.confidence:.2f})")
+                   f"{_utc(campaign.next_start)}..{_utc(campaign.next_end)} -> {campaign.target or UNKNOWN_TARGET};"
+                   f" actual {actual} -> {check.actual_target or '-'}; {verdict}"
+                   f" (confidence {campaign.confidence:.2f})")
     click.echo(f"\nnext stage on {result.model.total} test transitions "
                f"({result.train_transitions} training transitions):")
     for name, scores in (("markov", result.model), (f"baseline ({result.baseline_stage})", result.baseline)):

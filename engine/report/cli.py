@@ -19,6 +19,19 @@ import click
 
 logger = logging.getLogger(__name__)
 
+# Longest --since period. The report also compares with the period before,
+# so this bound keeps both periods after year 1, the first year a date can
+# be printed in, for every --until from 1970 on.
+MAX_PERIOD_DAYS = 36_500
+# Columns of the alert and run tables that gather_report reads; a file whose
+# tables lack them is rejected before the first query.
+REPORT_COLUMNS = {
+    "alerts": ("id", "kind", "seq", "severity", "category", "first_seen", "last_seen", "summary", "body"),
+    "runs": ("run_id", "started_at", "last_packet_time"),
+}
+# Earliest --until: capture timestamps count seconds from 1970-01-01 UTC.
+EARLIEST_UNTIL_S = 0.0
+
 
 def parse_until(text: str) -> str | float:
     """Return "latest", "now" or epoch seconds for an ISO 8601 date or time (UTC unless it has an offset)."""
@@ -32,6 +45,11 @@ def parse_until(text: str) -> str | float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
+    if moment.timestamp() < EARLIEST_UNTIL_S:
+        raise click.BadParameter(
+            f"invalid time {text!r}; capture times start at 1970-01-01, so pass a later date, latest or now",
+            param_hint="--until",
+        )
     return moment.timestamp()
 
 
@@ -73,20 +91,25 @@ def write_output(text: str, output: str) -> None:
 def report_command(store_path, since, until, language, output_format, output):
     """Write the security report of one period: summary, timeline, assets, findings, actions, forecasts."""
     from engine.report.gather import gather_report, parse_duration
-    from engine.store import default_store_path, open_store
+    from engine.store import check_store_tables, default_store_path, open_store
 
     try:
         since_s = parse_duration(since)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--since") from None
+    if since_s > MAX_PERIOD_DAYS * 86400:
+        raise click.BadParameter(
+            f"invalid period {since!r}; expected at most {MAX_PERIOD_DAYS}d (100 years)", param_hint="--since"
+        )
     until_value = parse_until(until)
 
     path = store_path or default_store_path()
     if not os.path.isfile(path):
         raise click.ClickException(f"store {path} not found; run `wardwatch analyze` first or pass --store")
     try:
-        conn = open_store(path)
+        conn = open_store(path, read_only=True)
         try:
+            check_store_tables(conn, path, REPORT_COLUMNS)
             report = gather_report(conn, since_s, until_value)
         finally:
             conn.close()

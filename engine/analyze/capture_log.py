@@ -1,0 +1,87 @@
+"""The analysed_captures table: which capture files a store has already analysed.
+
+Analysing one capture twice into one store would store every alert twice
+and double the report's counts. `wardwatch analyze` therefore records the
+SHA-256 of each capture file it finished and rejects the same content later
+unless the operator passes --force.
+
+The digest covers the file's bytes as given, so a gzip or zstd copy of an
+analysed capture has a different digest and is not recognised.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from engine.store import path_text
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS analysed_captures (
+    sha256 TEXT NOT NULL,             -- SHA-256 of the capture file's bytes, 64 hex digits
+    run_id TEXT NOT NULL,             -- the runs row of the analysis
+    source TEXT NOT NULL,             -- absolute path the capture was read from
+    size_bytes INTEGER NOT NULL,      -- file size when it was hashed
+    analysed_at REAL NOT NULL,        -- wall-clock seconds since the epoch
+    PRIMARY KEY (sha256, run_id)
+);
+"""
+
+# Bytes hashed per read; large enough that the hash runs at disk speed.
+READ_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class AnalysedCapture:
+    """One earlier analysis of a capture with the same content."""
+
+    sha256: str
+    run_id: str
+    source: str
+    analysed_at: float
+
+    def describe(self) -> str:
+        """Return when and from which path the capture was analysed, for an error message."""
+        moment = datetime.datetime.fromtimestamp(self.analysed_at, tz=datetime.timezone.utc)
+        return f"{moment:%Y-%m-%d %H:%M} UTC as {self.source} (run {self.run_id})"
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the analysed_captures table if it does not exist yet."""
+    conn.executescript(SCHEMA)
+
+
+def file_sha256(path: str | os.PathLike) -> tuple[str, int]:
+    """Return the SHA-256 hex digest and the size in bytes of a file's content."""
+    digest = hashlib.sha256()
+    size_bytes = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK_BYTES):
+            digest.update(chunk)
+            size_bytes += len(chunk)
+    return digest.hexdigest(), size_bytes
+
+
+def find_analysed(conn: sqlite3.Connection, sha256: str) -> AnalysedCapture | None:
+    """Return the latest earlier analysis of a capture with this digest, or None."""
+    row = conn.execute(
+        "SELECT sha256, run_id, source, analysed_at FROM analysed_captures WHERE sha256 = ?"
+        " ORDER BY analysed_at DESC LIMIT 1",
+        (sha256,),
+    ).fetchone()
+    if row is None:
+        return None
+    return AnalysedCapture(row[0], row[1], row[2], row[3])
+
+
+def record_analysed(conn: sqlite3.Connection, sha256: str, size_bytes: int, run_id: str, source: str) -> None:
+    """Record that the run `run_id` analysed the capture with this digest."""
+    conn.execute(
+        "INSERT OR REPLACE INTO analysed_captures (sha256, run_id, source, size_bytes, analysed_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (sha256, run_id, path_text(source), size_bytes, time.time()),
+    )
