@@ -9,6 +9,11 @@ rises, or when it has changed and update_interval_s of capture time has
 passed since its last publication. Its last publication, with state
 "closed", follows quiet_period_s of capture time without a new detection.
 
+Each publication rewords the summary from the aggregate's current figures
+when the detections' origin has a summary rule (engine/alerts/summary.py);
+other aggregates keep the first detection's summary with the counts
+appended.
+
 All times here are capture time (the detections' last_seen), so replaying a
 capture gives the same alerts at any replay speed.
 """
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 
 from engine.alerts.config import AggregationConfig, RateLimitConfig, SuppressionRule
 from engine.alerts.schema import Alert
+from engine.alerts.summary import AggregateFigures
 from engine.taxonomy import severity_rank
 
 logger = logging.getLogger(__name__)
@@ -70,6 +76,10 @@ class TokenBucket:
 class _Aggregate:
     alert: Alert  # the aggregate's own copy, updated in place
     base_summary: str
+    # Figures of the folded detections whose origin has a summary rule;
+    # empty for other producers and for the rate-limit overflow alert.
+    figures: AggregateFigures = field(default_factory=AggregateFigures)
+    overflow: bool = False
     sources: set[str] = field(default_factory=set)
     targets: set[str] = field(default_factory=set)
     activity_at: float = 0.0  # capture time of the latest fold
@@ -194,7 +204,9 @@ class Aggregator:
                 "rate limit reached for new %s alerts; further ones fold into alert %s until it closes",
                 alert.category, own.id,
             )
-        aggregate = _Aggregate(alert=own, base_summary=base_summary, activity_at=self.now)
+        aggregate = _Aggregate(alert=own, base_summary=base_summary, activity_at=self.now, overflow=overflow)
+        if not overflow:
+            aggregate.figures.fold(alert)
         self._remember_addresses(aggregate, alert)
         self._open[key] = aggregate
         self.counters["aggregates_opened"] += 1
@@ -215,6 +227,8 @@ class Aggregator:
             own.top_features = list(alert.top_features)
         if alert.anomaly_score is not None and (own.anomaly_score is None or alert.anomaly_score > own.anomaly_score):
             own.anomaly_score = alert.anomaly_score
+        if not aggregate.overflow:
+            aggregate.figures.fold(alert)
         self._remember_addresses(aggregate, alert)
         aggregate.activity_at = self.now
         aggregate.changed = True
@@ -258,6 +272,13 @@ class Aggregator:
     @staticmethod
     def _summary(aggregate: _Aggregate) -> str:
         own = aggregate.alert
+        # A registered origin words the summary from the current figures,
+        # so every revision states the aggregate's counts, not the first
+        # detection's.
+        sentence = aggregate.figures.sentence(own)
+        if sentence is not None:
+            aggregate.figures.update_evidence(own)
+            return sentence
         if own.count == 1:
             return aggregate.base_summary
         duration_s = own.last_seen - own.first_seen

@@ -21,9 +21,16 @@ maps:
   anything else
       -> {"ok": false, "error": "..."}
 
+Sensor stop: a sensor that shuts down normally sends one message on topic
+`sensor.stopped`, body {"type": "sensor_stopped", "sensor_id": str,
+"last_seq": int}, after its replay socket has closed. GapFillingSubscriber
+subscribes to it, so a normal stop is not reported as a failed replay.
+
 CURVE: a server given its secret certificate encrypts both sockets. With an
 allowlist directory, only clients whose public certificate is in it can
-connect (ZAP through zmq.auth's ThreadAuthenticator), and others get nothing.
+connect (ZAP through zmq.auth's ThreadAuthenticator). Others get no data;
+the server logs each rejected key (rate-limited) and the client sees the
+handshake fail with ZAP status 400.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import logging
 import os
 import threading
 import time
+import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -40,6 +49,7 @@ import msgpack
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from engine.alerts.config import check_endpoint
 from engine.alerts.schema import TOPIC_PREFIX
@@ -52,6 +62,11 @@ logger = logging.getLogger(__name__)
 SEND_HIGH_WATER_MARK = 100_000
 REPLAY_POLL_INTERVAL_MS = 100
 REPLY_TIMEOUT_MS = 5_000
+STOPPED_TOPIC = "sensor.stopped"
+# Distinct rejected CURVE keys logged; past this, every 1000th rejection is.
+# A client retries its handshake about every 100 ms, so each rejected key is
+# logged once, not per attempt.
+MAX_REJECTED_KEYS_LOGGED = 256
 
 
 def bound_endpoint(socket: zmq.Socket) -> str:
@@ -74,7 +89,14 @@ def apply_curve_server(
         if not os.path.isdir(allow_dir):
             authenticator.stop()
             raise FileNotFoundError(f"CURVE allowlist directory {allow_dir} does not exist")
-        authenticator.configure_curve(domain="*", location=allow_dir)
+        try:
+            allowlist = CurveAllowlist(allow_dir)
+        except ValueError as error:
+            authenticator.stop()
+            raise ValueError(
+                f"invalid CURVE allowlist {allow_dir}: {error}; keep only public certificates (NAME.key) there"
+            ) from error
+        authenticator.configure_curve_callback(domain="*", credentials_provider=allowlist)
     else:
         authenticator.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
     for socket in sockets:
@@ -82,6 +104,38 @@ def apply_curve_server(
         socket.curve_publickey = public_key
         socket.curve_server = True
     return authenticator
+
+
+class CurveAllowlist:
+    """ZAP credentials check against the public certificates in a directory; logs rejected keys.
+
+    The directory is read once, when the sensor starts.
+    """
+
+    def __init__(self, allow_dir: str):
+        self.allow_dir = allow_dir
+        self.allowed = set(zmq.auth.load_certificates(allow_dir))
+        self.rejected = 0
+        # Bounded by MAX_REJECTED_KEYS_LOGGED.
+        self._logged_keys: set[bytes] = set()
+        if not self.allowed:
+            logger.warning("CURVE allowlist %s has no public certificates; every client will be rejected", allow_dir)
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        if client_key in self.allowed:
+            return True
+        self.rejected += 1
+        first_time = client_key not in self._logged_keys and len(self._logged_keys) < MAX_REJECTED_KEYS_LOGGED
+        if first_time:
+            self._logged_keys.add(client_key)
+        if first_time or self.rejected % 1000 == 0:
+            # A public key identifies the client and is no secret.
+            logger.warning(
+                "rejected CURVE client with public key %s (%d rejected so far); to allow it, copy its"
+                " NAME.key into %s and restart the sensor",
+                client_key.decode("ascii", "replace"), self.rejected, self.allow_dir,
+            )
+        return False
 
 
 def apply_curve_client(socket: zmq.Socket, client_secret_file: str, server_public_file: str) -> None:
@@ -246,6 +300,20 @@ class ReplayError(RuntimeError):
     """A replay request failed or timed out."""
 
 
+# Socket events watched on a replay client, to explain a request that got no reply.
+_MONITORED_EVENTS = (
+    zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def _close_monitored(socket: zmq.Socket, monitor: zmq.Socket) -> None:
+    socket.disable_monitor()
+    monitor.close()
+    socket.close()
+
+
 class ReplayClient:
     """A DEALER socket that sends replay requests and waits for replies."""
 
@@ -262,16 +330,66 @@ class ReplayClient:
         self.socket.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             apply_curve_client(self.socket, self.curve.client_secret_file, self.curve.server_public_file)
+        # A unique inproc name, because pyzmq's get_monitor_socket() names it
+        # after the file descriptor. The replacement socket after a timeout
+        # can get the same descriptor while the old name is still bound.
+        monitor_endpoint = f"inproc://wardwatch-replay-monitor-{uuid.uuid4().hex}"
+        self.socket.monitor(monitor_endpoint, _MONITORED_EVENTS)
+        self._monitor = self.context.socket(zmq.PAIR)
+        self._monitor.setsockopt(zmq.LINGER, 0)
+        self._monitor.connect(monitor_endpoint)
+        # A monitored socket closed by the garbage collector, in whatever
+        # order it picks, stopped every later socket of the context from
+        # connecting (pyzmq 27.3, libzmq 4.3.5). The finalizer closes both
+        # in order when a client is dropped without close().
+        self._finalizer = weakref.finalize(self, _close_monitored, self.socket, self._monitor)
+        # The latest connection state the monitor reported: "connected",
+        # "disconnected", "rejected" (ZAP denied the key), "handshake failed".
+        self.connection_state: str | None = None
         self.socket.connect(self.endpoint)
+
+    def _read_monitor(self) -> None:
+        while self._monitor.poll(0, zmq.POLLIN):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.connection_state = "rejected"
+            elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self.connection_state = "handshake failed"
+            elif event == zmq.EVENT_DISCONNECTED:
+                # A failed handshake is followed by a disconnect; keep its reason.
+                if self.connection_state not in ("rejected", "handshake failed"):
+                    self.connection_state = "disconnected"
+            elif event in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                self.connection_state = "connected"
+
+    def _timeout_message(self) -> str:
+        self._read_monitor()
+        waited = f"replay request to {self.endpoint} got no reply in {self.timeout_ms} ms"
+        if self.connection_state == "rejected":
+            return (f"{waited}: the sensor rejected this client's CURVE key; add the client's public"
+                    " certificate (NAME.key) to the sensor's --curve-allow directory, or pass the"
+                    " --curve-secret of an allowed client")
+        if self.connection_state == "handshake failed":
+            if self.curve is None:
+                return (f"{waited}: the security handshake failed; if the sensor uses CURVE, pass"
+                        " --curve-secret and --curve-server-key")
+            return (f"{waited}: the CURVE handshake failed; check that --curve-server-key is the sensor's"
+                    " public certificate")
+        if self.connection_state == "disconnected":
+            return f"{waited}: the connection closed, so the sensor has stopped or restarted"
+        if self.connection_state is None:
+            return f"{waited}: no connection; check the endpoint and that the sensor runs"
+        return f"{waited} (timed out); the sensor may be overloaded, or it is not a WardWatch replay socket"
 
     def request(self, request: dict) -> dict:
         self.socket.send_multipart([b"", msgpack.packb(request, use_bin_type=True)])
         if not self.socket.poll(self.timeout_ms, zmq.POLLIN):
+            message = self._timeout_message()
             # A late reply to this request would be read as the reply to the
             # next one, so the socket is replaced.
-            self.socket.close()
+            self._close_sockets()
             self._connect()
-            raise ReplayError(f"replay request to {self.endpoint} timed out after {self.timeout_ms} ms")
+            raise ReplayError(message)
         frames = self.socket.recv_multipart()
         reply = msgpack.unpackb(frames[-1], raw=False)
         if not reply.get("ok"):
@@ -296,8 +414,11 @@ class ReplayClient:
             if until is None and since >= reply["last_seq"]:
                 return
 
+    def _close_sockets(self) -> None:
+        self._finalizer()
+
     def close(self) -> None:
-        self.socket.close()
+        self._close_sockets()
 
 
 @dataclass
@@ -319,6 +440,12 @@ class GapFillingSubscriber:
     the live message is yielded. While the bus is idle, each replay socket
     is asked every `idle_check_s` for publications after the last one seen,
     so losses at the end of a run are found too.
+
+    A `since` beyond a sensor's last seq (its store was replaced, or the
+    seq came from another sensor) cannot be served. The subscriber then
+    follows that sensor's live alerts from its next seq and records the
+    sensor's last seq in `since_ahead`. A sensor that announced a normal
+    stop is not asked through replay until it publishes again.
     """
 
     def __init__(
@@ -345,7 +472,7 @@ class GapFillingSubscriber:
         self.socket.setsockopt(zmq.LINGER, 0)
         if curve is not None:
             apply_curve_client(self.socket, curve.client_secret_file, curve.server_public_file)
-        for topic in self.topics:
+        for topic in [*self.topics, STOPPED_TOPIC]:
             self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
         for endpoint in connect:
             self.socket.connect(endpoint)
@@ -354,9 +481,22 @@ class GapFillingSubscriber:
         # sensor_id -> highest seq yielded; bounded by the number of sensors.
         self.last_seq: dict[str, int] = {}
         self._since = since
+        # sensor_id -> the sensor's last seq, for sensors whose last seq was
+        # below `since` at start; bounded by the number of sensors.
+        self.since_ahead: dict[str, int] = {}
+        # Sensors that announced a normal stop, and sensors whose replay
+        # socket failed (logged once per outage); both bounded by the
+        # number of sensors.
+        self.stopped: set[str] = set()
+        self._replay_failing: set[str] = set()
         self.counters = collections.Counter()
         self._pending: collections.deque[Received] = collections.deque()
         self._started = False
+
+    def start(self) -> None:
+        """Send hello to every replay socket and fetch the publications after `since`; receive() calls it once."""
+        if not self._started:
+            self._start()
 
     def _start(self) -> None:
         self._started = True
@@ -366,10 +506,18 @@ class GapFillingSubscriber:
                 hello = client.hello()
             except ReplayError as error:
                 client.close()
-                raise ReplayError(f"replay socket {endpoint} failed: {error}; check --replay and that the sensor runs") from error
+                # The error names the cause and the fix (see ReplayClient._timeout_message).
+                raise ReplayError(f"replay socket {endpoint} failed: {error}") from error
             sensor_id = hello["sensor_id"]
             self._replay_by_sensor[sensor_id] = client
-            if self._since is not None:
+            if self._since is None:
+                continue
+            if self._since > hello["last_seq"]:
+                self.since_ahead[sensor_id] = hello["last_seq"]
+                logger.info("since %d is ahead of sensor %s, whose last seq is %d; following it from seq %d",
+                            self._since, sensor_id, hello["last_seq"], hello["last_seq"] + 1)
+                self.last_seq[sensor_id] = hello["last_seq"]
+            else:
                 self.last_seq[sensor_id] = self._since
                 self._fill(sensor_id, None)
 
@@ -393,7 +541,32 @@ class GapFillingSubscriber:
         if until is not None:
             self.last_seq[sensor_id] = max(self.last_seq.get(sensor_id, 0), until)
 
+    def _accept_stopped(self, body: bytes) -> None:
+        try:
+            notice = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            sensor_id, last_seq = str(notice["sensor_id"]), int(notice["last_seq"])
+        except (ValueError, KeyError, TypeError, AttributeError, msgpack.ExtraData) as error:
+            self.counters["malformed"] += 1
+            logger.warning("skipped malformed message on topic %s: %s", STOPPED_TOPIC, error)
+            return
+        self.stopped.add(sensor_id)
+        self._replay_failing.discard(sensor_id)
+        seen = self.last_seq.get(sensor_id)
+        if seen is not None and last_seq > seen:
+            # Its replay socket closed before this notice, so the rest cannot be fetched.
+            self.counters["gaps_unfilled"] += last_seq - seen
+            logger.warning(
+                "sensor %s stopped at seq %d; alerts %d..%d were not received, read them from its store"
+                " with `wardwatch alerts list`", sensor_id, last_seq, seen + 1, last_seq,
+            )
+            self.last_seq[sensor_id] = last_seq
+        else:
+            logger.info("sensor %s stopped normally at seq %d", sensor_id, last_seq)
+
     def _accept_live(self, topic: str, body: bytes) -> None:
+        if topic == STOPPED_TOPIC:
+            self._accept_stopped(body)
+            return
         if not topic.startswith(TOPIC_PREFIX):
             self._pending.append(Received(None, "", topic, body, replayed=False))
             return
@@ -412,6 +585,7 @@ class GapFillingSubscriber:
         if last is not None and seq <= last:
             self.counters["duplicates_dropped"] += 1
             return
+        self.stopped.discard(sensor_id)
         if last is None:
             # First message from a sensor whose replay socket is unknown, or
             # no --since was given: start at this message.
@@ -425,11 +599,19 @@ class GapFillingSubscriber:
 
     def _check_idle(self) -> None:
         for sensor_id, client in self._replay_by_sensor.items():
+            if sensor_id in self.stopped:
+                continue
             try:
                 last_seq = client.hello()["last_seq"]
             except ReplayError as error:
-                logger.warning("replay socket for sensor %s failed: %s", sensor_id, error)
+                # Logged once per outage, because this runs every idle_check_s.
+                if sensor_id not in self._replay_failing:
+                    self._replay_failing.add(sensor_id)
+                    logger.warning("replay socket for sensor %s failed: %s; retrying while idle", sensor_id, error)
                 continue
+            if sensor_id in self._replay_failing:
+                self._replay_failing.discard(sensor_id)
+                logger.warning("replay socket for sensor %s responds again", sensor_id)
             if last_seq > self.last_seq.get(sensor_id, 0):
                 if sensor_id not in self.last_seq and self._since is None:
                     continue

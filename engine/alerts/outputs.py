@@ -41,6 +41,34 @@ CEF_SEVERITY = {"info": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
 SYSLOG_SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "info": 6}
 # ECS event.severity is numeric and source-defined: the rank in SEVERITIES.
 
+# Alert.protocol is a transport or an application protocol. EVE and CEF
+# consumers expect the transport in "proto", so the application protocol
+# goes to app_proto (CEF: app) and its transport is filled in where it has
+# only one.
+TRANSPORT_PROTOCOLS = frozenset({"tcp", "udp", "icmp", "icmpv6", "sctp"})
+APPLICATION_TRANSPORTS = {
+    "hl7": "tcp", "dicom": "tcp", "mqtt": "tcp", "http": "tcp", "tls": "tcp", "ssl": "tcp",
+    "ssh": "tcp", "smb": "tcp", "ftp": "tcp", "telnet": "tcp", "rdp": "tcp", "pop3": "tcp",
+    "imap": "tcp", "smtp": "tcp", "modbus": "tcp", "s7comm": "tcp",
+}
+
+
+def split_protocol(protocol: str | None) -> tuple[str | None, str | None]:
+    """Return (transport, application protocol) of Alert.protocol, each lower case or None.
+
+    An IP protocol number ("47") is a transport. A transport is None when
+    the application protocol runs over more than one (dns, ldap, kerberos)
+    or is not an IP protocol (arp).
+    """
+    if not protocol:
+        return None, None
+    name = protocol.lower()
+    if name in TRANSPORT_PROTOCOLS or name.isdigit():
+        return name, None
+    if name == "arp":
+        return None, None
+    return APPLICATION_TRANSPORTS.get(name), name
+
 
 def _iso_timestamp(seconds: float) -> str:
     moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
@@ -59,7 +87,7 @@ def _drop_none(mapping: dict[str, Any]) -> dict[str, Any]:
 def eve_record(alert: Alert) -> dict[str, Any]:
     """Return the EVE/ECS JSON object of one alert publication."""
     technique = attack_techniques().get(alert.technique) if alert.technique else None
-    transport = alert.protocol.upper() if alert.protocol else None
+    transport, application = split_protocol(alert.protocol)
     record = {
         # Suricata EVE alert fields.
         "timestamp": _iso_timestamp(alert.last_seen),
@@ -69,7 +97,8 @@ def eve_record(alert: Alert) -> dict[str, Any]:
         "src_port": alert.src.port,
         "dest_ip": alert.dst.ip,
         "dest_port": alert.dst.port,
-        "proto": transport,
+        "proto": transport.upper() if transport else None,
+        "app_proto": application,
         "community_id": alert.community_id,
         "alert": _drop_none({
             "action": "allowed",  # WardWatch watches a mirror port and blocks nothing itself
@@ -101,7 +130,7 @@ def eve_record(alert: Alert) -> dict[str, Any]:
                               "user": {"name": alert.src.user} if alert.src.user else None}),
         "destination": _drop_none({"ip": alert.dst.ip, "port": alert.dst.port, "mac": alert.dst.mac,
                                    "user": {"name": alert.dst.user} if alert.dst.user else None}),
-        "network": _drop_none({"transport": alert.protocol.lower() if alert.protocol else None,
+        "network": _drop_none({"transport": transport, "protocol": application,
                                "community_id": alert.community_id}),
         "rule": {"name": alert.category, "category": alert.kind},
         "message": alert.summary,
@@ -175,6 +204,7 @@ def _is_ipv6(address: str) -> bool:
 
 def cef_message(alert: Alert) -> str:
     """Return the CEF:0 text of one alert publication."""
+    transport, application = split_protocol(alert.protocol)
     extensions: list[tuple[str, Any]] = [
         ("rt", int(alert.last_seen * 1000)),
         ("start", int(alert.first_seen * 1000)),
@@ -183,7 +213,8 @@ def cef_message(alert: Alert) -> str:
         ("cat", alert.category),
         ("externalId", alert.id),
         ("dvchost", alert.sensor_id),
-        ("proto", alert.protocol.upper() if alert.protocol else None),
+        ("proto", transport.upper() if transport else None),
+        ("app", application),
         ("msg", alert.summary),
         ("cs1Label", "mitreTechniqueId" if alert.technique else None),
         ("cs1", alert.technique),
@@ -248,8 +279,10 @@ class SyslogSender:
     Send failures are counted and logged, never raised, so an unreachable
     collector cannot stop detection. A broken connection is reopened on the
     next message. After a failed connect, the next attempt waits
-    `reconnect_interval_s`, and messages in between are dropped (counter:
-    dropped).
+    `reconnect_interval_s`, and messages in between are dropped. Every
+    message not handed to the collector counts in `dropped`. The first
+    failed connect is logged as a warning and later ones at debug level,
+    until a connect succeeds.
 
     NOTE: over TCP, a message sent just after the collector closed the
     connection can be lost without an error, because the kernel reports the
@@ -266,6 +299,10 @@ class SyslogSender:
         self.reconnect_interval_s = reconnect_interval_s
         self._socket: socket.socket | None = None
         self._next_connect_at = 0.0
+        # True from a failed connect until the next successful one, so
+        # the failure is logged once per outage.
+        self._failing = False
+        self._dropped_before_outage = 0
         self.counters = collections.Counter()
 
     def _open(self) -> socket.socket | None:
@@ -282,9 +319,19 @@ class SyslogSender:
         except OSError as error:
             self._next_connect_at = time.monotonic() + self.reconnect_interval_s
             self.counters["connect_failed"] += 1
-            logger.warning("cannot connect to syslog target %s: %s; retrying in %.0f s",
-                           self.target, error, self.reconnect_interval_s)
+            if self._failing:
+                logger.debug("cannot connect to syslog target %s: %s", self.target, error)
+            else:
+                logger.warning("cannot connect to syslog target %s: %s; CEF messages are dropped until it"
+                               " accepts connections (next try in %.0f s)",
+                               self.target, error, self.reconnect_interval_s)
+                self._failing = True
+                self._dropped_before_outage = self.counters["dropped"]
             return None
+        if self._failing:
+            logger.warning("connected to syslog target %s; %d CEF messages were dropped while it was unreachable",
+                           self.target, self.counters["dropped"] - self._dropped_before_outage)
+            self._failing = False
         self._socket = sock
         return sock
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -23,7 +24,7 @@ import msgpack
 import zmq
 
 from engine.alerts.aggregate import Aggregator, Suppressor
-from engine.alerts.bus import BusPublisher, ReplayServer, apply_curve_server
+from engine.alerts.bus import STOPPED_TOPIC, BusPublisher, ReplayServer, apply_curve_server
 from engine.alerts.config import AlertConfig
 from engine.alerts.outputs import EveWriter, SyslogSender
 from engine.alerts.schema import (
@@ -33,6 +34,7 @@ from engine.alerts.schema import (
     Alert,
 )
 from engine.alerts.store import AlertStore, RunStats, write_run_stats
+from engine.alerts.summary import AggregateFigures
 from engine.privacy import Pseudonymizer
 from engine.store import default_store_path
 
@@ -56,15 +58,70 @@ def strip_sensitive_evidence(evidence: dict[str, Any]) -> tuple[dict[str, Any], 
     return kept, removed
 
 
+# Evidence keys whose string values are user names; they get text()
+# pseudonyms. Addresses and MACs need no list, because every evidence string
+# goes through the address scrub.
+USER_EVIDENCE_KEYS = frozenset({
+    "user", "users", "user_name", "user_names", "account", "account_name", "account_names",
+    "target_user", "target_users", "principal", "client_principal",
+})
+
+
 def pseudonymize_alert(alert: Alert, pseudonymizer: Pseudonymizer) -> None:
-    """Replace addresses, MACs, user names and the Community ID of `alert` in place."""
+    """Replace every address, MAC and user name in `alert` with its keyed pseudonym, in place.
+
+    Covers the endpoints, the Community ID, evidence (values and map keys,
+    at any depth), summary, recommended_action, aggregation_key, asset names
+    and top-feature names. Text is scrubbed for IPv4, IPv6 and MAC forms,
+    and the endpoints' user names are replaced where the text quotes them.
+    """
+    user_names = sorted(
+        {endpoint.user for endpoint in (alert.src, alert.dst) if endpoint.user and len(endpoint.user) > 1},
+        key=len, reverse=True,
+    )
+
+    def scrub(text: str | None) -> str | None:
+        text = pseudonymizer.scrub_text(text)
+        for name in user_names:
+            if text and name in text:
+                text = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", pseudonymizer.text(name, "user"), text)
+        return text
+
+    alert.summary = scrub(alert.summary) or ""
+    alert.recommended_action = scrub(alert.recommended_action) or ""
+    alert.aggregation_key = scrub(alert.aggregation_key)
     for endpoint in (alert.src, alert.dst):
-        endpoint.ip = pseudonymizer.ip(endpoint.ip)
-        endpoint.mac = pseudonymizer.mac(endpoint.mac)
+        if endpoint.ip is not None:
+            endpoint.ip = pseudonymizer.address_pseudonym(endpoint.ip) or pseudonymizer.ip(endpoint.ip)
+        if endpoint.mac is not None:
+            endpoint.mac = pseudonymizer.address_pseudonym(endpoint.mac) or pseudonymizer.mac(endpoint.mac)
         endpoint.user = pseudonymizer.text(endpoint.user, "user")
+        endpoint.asset = scrub(endpoint.asset)
     # A Community ID is an unkeyed hash of the 5-tuple, so it would reveal
     # the addresses to anyone who hashes candidate tuples.
     alert.community_id = pseudonymizer.text(alert.community_id, "community_id")
+    # Some producers derive a stable id from an unkeyed hash of addresses
+    # (forecasts do), which would reveal them the same way.
+    alert.id = pseudonymizer.hex_id(alert.id, "alert_id")
+    for contribution in alert.top_features:
+        contribution.name = scrub(contribution.name)
+    alert.evidence = _pseudonymize_evidence(alert.evidence, pseudonymizer, scrub)
+
+
+def _pseudonymize_evidence(value, pseudonymizer: Pseudonymizer, scrub, key=None):
+    if key in USER_EVIDENCE_KEYS:
+        return pseudonymizer.value(value, "user")
+    if isinstance(value, str):
+        whole = pseudonymizer.address_pseudonym(value.strip())
+        return whole if whole is not None else scrub(value)
+    if isinstance(value, (list, tuple)):
+        return [_pseudonymize_evidence(item, pseudonymizer, scrub) for item in value]
+    if isinstance(value, dict):
+        return {
+            (scrub(name) if isinstance(name, str) else name): _pseudonymize_evidence(item, pseudonymizer, scrub, name)
+            for name, item in value.items()
+        }
+    return value
 
 
 class AlertSink:
@@ -155,7 +212,13 @@ class AlertSink:
     def publish(self, alert: Alert) -> Alert:
         """Publish an alert as it is (no aggregation, no suppression); return it with its seq."""
         alert.validate()
-        return self._publish_one(self._apply_privacy(alert))
+        alert = self._apply_privacy(alert)
+        figures = AggregateFigures()
+        figures.fold(alert)
+        sentence = figures.sentence(alert)
+        if sentence is not None:
+            alert.summary = sentence
+        return self._publish_one(alert)
 
     def expire(self, now: float) -> list[Alert]:
         """Close aggregates that have been quiet for quiet_period_s at capture time `now`."""
@@ -223,6 +286,12 @@ class AlertSink:
             self.replay.stop()
             self.replay = None
         if self.publisher is not None:
+            if self.store is not None:
+                # Sent after the replay socket closed: subscribers know that
+                # what they missed is now only in the store.
+                notice = {"type": "sensor_stopped", "sensor_id": self.config.sensor_id,
+                          "last_seq": self.store.last_seq()}
+                self.publisher.send(STOPPED_TOPIC, msgpack.packb(notice, use_bin_type=True))
             self.publisher.close()
             self.publisher = None
         if self._authenticator is not None:
@@ -235,6 +304,13 @@ class AlertSink:
             self.eve.close()
             self.eve = None
         if self.cef is not None:
+            undelivered = self.cef.counters["dropped"]
+            if undelivered:
+                logger.warning(
+                    "%d of %d CEF messages were not delivered to %s; check that the syslog collector"
+                    " accepts connections, and find the alerts in the store",
+                    undelivered, undelivered + self.cef.counters["sent"], self.cef.target,
+                )
             self.cef.close()
             self.cef = None
         if self.store is not None:

@@ -1,8 +1,17 @@
-"""Turn detections into alerts of the schema in engine.alerts.schema."""
+"""Turn detections into alerts of the schema in engine.alerts.schema.
+
+The summary of a detection's alert is worded here, from the alert's fields
+and evidence figures, by the summary rules registered below for each
+detection origin. The sink applies them after pseudonymisation and on every
+revision of an aggregate, so a summary names the same pseudonyms as the
+alert's src and dst and states the aggregate's current counts. The
+pipeline's own Detection.summary is used only for an origin without a rule.
+"""
 
 from __future__ import annotations
 
 from engine.alerts.schema import Alert, Contribution, Endpoint
+from engine.alerts.summary import OriginFigures, SummaryRule, per_window, plural, register_summary_rule
 from engine.analyze.actions import BASE_SEVERITY, RECOMMENDED_ACTIONS
 from engine.analyze.pipeline import Detection
 from engine.taxonomy import SEVERITIES, severity_rank
@@ -45,3 +54,159 @@ def alert_from_detection(detection: Detection, sensor_id: str = "") -> Alert:
         recommended_action=RECOMMENDED_ACTIONS.get(detection.category, ""),
         evidence=evidence,
     )
+
+
+# --- summary wording, per detection origin ------------------------------
+
+def _host(endpoint) -> str:
+    return endpoint.ip or endpoint.mac or "an unknown host"
+
+
+def _flow_head(alert: Alert) -> str:
+    """Return "SRC -> DST:PORT/PROTO", the flow part of a model or anomaly summary."""
+    target = _host(alert.dst)
+    if alert.dst.port is not None:
+        # Brackets keep an IPv6 address apart from its port.
+        target = f"[{target}]:{alert.dst.port}" if ":" in target else f"{target}:{alert.dst.port}"
+    protocol = f"/{alert.protocol}" if alert.protocol else ""
+    return f"{_host(alert.src)} -> {target}{protocol}"
+
+
+def _class_text(attack_class: str | None) -> str:
+    return (attack_class or "an attack").replace("_", " ")
+
+
+def _model_flows(part: OriginFigures) -> str:
+    if part.attack_class == "c2_beacon":
+        # A beacon detection counts connections held until they looked periodic.
+        return plural(part.count, "connection") + " at regular intervals"
+    return "this flow" if part.count == 1 else plural(part.count, "flow")
+
+
+def _model_sentence(alert: Alert, part: OriginFigures) -> str:
+    score = f" ({alert.model_score:.0%})" if alert.model_score is not None else ""
+    if part.count > 1 and score:
+        score = f" (scores up to {alert.model_score:.0%})"
+    return f"{_flow_head(alert)}: the model classed {_model_flows(part)} as {_class_text(part.attack_class)}{score}"
+
+
+def _model_clause(part: OriginFigures) -> str:
+    return f"the model classed {_model_flows(part)} as {_class_text(part.attack_class)}"
+
+
+def _anomaly_sentence(alert: Alert, part: OriginFigures) -> str:
+    flows = "the flow is" if part.count == 1 else plural(part.count, "flow") + " are"
+    return f"{_flow_head(alert)}: {flows} unlike the benign traffic the anomaly model learnt"
+
+
+def _anomaly_clause(part: OriginFigures) -> str:
+    return f"{plural(part.count, 'flow')} unlike the benign traffic the anomaly model learnt"
+
+
+def _rule_clause(noun: str, key: str, plural_noun: str | None = None):
+    def clause(part: OriginFigures) -> str:
+        rule_name = part.origin.partition(":")[2].replace("_", " ")
+        return f"the {rule_name} rule counted at least {plural(part.total(key), noun, plural_noun)}"
+    return clause
+
+
+def _port_scan_sentence(alert: Alert, part: OriginFigures) -> str:
+    ports = plural(part.total("distinct_ports"), "port")
+    return f"{_host(alert.src)} probed at least {ports} of {_host(alert.dst)} without getting a service"
+
+
+def _host_sweep_sentence(alert: Alert, part: OriginFigures) -> str:
+    port = alert.evidence.get("port", alert.dst.port)
+    hosts = plural(part.total("distinct_hosts"), "host")
+    return f"{_host(alert.src)} tried port {port} on at least {hosts} that did not answer"
+
+
+def _arp_sweep_sentence(alert: Alert, part: OriginFigures) -> str:
+    addresses = plural(part.total("distinct_hosts"), "address", "addresses")
+    return f"{_host(alert.src)} asked ARP for at least {addresses}, the shape of a host sweep"
+
+
+def _bruteforce_sentence(alert: Alert, part: OriginFigures) -> str:
+    sessions = plural(part.total("sessions"), "short login session")
+    return f"{_host(alert.src)} opened at least {sessions} to {_host(alert.dst)} port {alert.dst.port}"
+
+
+def _syn_flood_sentence(alert: Alert, part: OriginFigures) -> str:
+    attempts = plural(part.total("half_open_attempts"), "half-open connection")
+    sources = per_window(part, "distinct_sources", "source")
+    return f"at least {attempts} to {_host(alert.dst)} port {alert.dst.port} from {sources}"
+
+
+def _dns_tunnel_sentence(alert: Alert, part: OriginFigures) -> str:
+    queries = plural(part.total("queries"), "DNS query", "DNS queries")
+    mean_bytes = part.peak("mean_query_payload_bytes")
+    return (f"{_host(alert.src)} sent at least {queries} to {_host(alert.dst)} with a mean payload of up to"
+            f" {mean_bytes:.0f} bytes, the shape of data carried in query names")
+
+
+def _reflection_sentence(alert: Alert, part: OriginFigures) -> str:
+    responses = plural(part.total("responses"), "unsolicited UDP response")
+    reflectors = per_window(part, "reflectors", "reflector")
+    return (f"{_host(alert.dst)} received at least {responses} ({part.total('bytes'):,.0f} wire bytes)"
+            f" from {reflectors}")
+
+
+def _arp_unsolicited_sentence(alert: Alert, part: OriginFigures) -> str:
+    sender = alert.evidence.get("mac") or _host(alert.src)
+    replies = plural(part.total("unsolicited_replies"), "unsolicited ARP reply", "unsolicited ARP replies")
+    claimed = alert.evidence.get("claimed_address", "an address")
+    return f"{sender} sent at least {replies} claiming {claimed} to {per_window(part, 'receivers', 'host')}"
+
+
+def _arp_binding_sentence(alert: Alert, part: OriginFigures) -> str:
+    evidence = alert.evidence
+    text = (f"ARP replies moved {evidence.get('claimed_address', 'an address')} from"
+            f" {evidence.get('previous_mac')} to {evidence.get('new_mac')}")
+    if part.detections > 1:
+        text += f" ({plural(part.detections, 'change')} in all)"
+    return text
+
+
+# NOTE: the threshold rules (engine/analyze/rules.py) report a window once,
+# when its figure reaches the threshold, so a folded rule figure is a lower
+# bound ("at least 15 ports" for a 40-port scan). A rule that re-reported a
+# growing window with evidence "window_start" would make it exact.
+_RULES = {
+    "model": SummaryRule(_model_sentence, _model_clause),
+    "anomaly": SummaryRule(_anomaly_sentence, _anomaly_clause),
+    "rule:port_scan": SummaryRule(
+        _port_scan_sentence, _rule_clause("port", "distinct_ports"), sum_keys=("distinct_ports",),
+    ),
+    "rule:host_sweep": SummaryRule(
+        _host_sweep_sentence, _rule_clause("host", "distinct_hosts"), sum_keys=("distinct_hosts",),
+    ),
+    "rule:arp_sweep": SummaryRule(
+        _arp_sweep_sentence, _rule_clause("address", "distinct_hosts", "addresses"), sum_keys=("distinct_hosts",),
+    ),
+    "rule:bruteforce": SummaryRule(
+        _bruteforce_sentence, _rule_clause("login session", "sessions"), sum_keys=("sessions",),
+    ),
+    "rule:syn_flood": SummaryRule(
+        _syn_flood_sentence, _rule_clause("half-open connection", "half_open_attempts"),
+        sum_keys=("half_open_attempts",), max_keys=("distinct_sources",),
+    ),
+    "rule:dns_tunnel": SummaryRule(
+        _dns_tunnel_sentence, _rule_clause("DNS query", "queries", "DNS queries"),
+        sum_keys=("queries",), max_keys=("mean_query_payload_bytes",),
+    ),
+    "rule:udp_reflection": SummaryRule(
+        _reflection_sentence, _rule_clause("unsolicited UDP response", "responses"),
+        sum_keys=("responses", "bytes"), max_keys=("reflectors",),
+    ),
+    "rule:arp_unsolicited_replies": SummaryRule(
+        _arp_unsolicited_sentence,
+        _rule_clause("unsolicited ARP reply", "unsolicited_replies", "unsolicited ARP replies"),
+        sum_keys=("unsolicited_replies",), max_keys=("receivers",),
+    ),
+    "rule:arp_binding_change": SummaryRule(
+        _arp_binding_sentence, lambda part: plural(part.detections, "ARP binding change"),
+    ),
+}
+
+for _origin, _rule in _RULES.items():
+    register_summary_rule(_origin, _rule)
