@@ -166,7 +166,6 @@ def test_sample_scan_ports_within_tshark(sample_alerts):
     assert scan.evidence["distinct_ports"] == stated
 
 
-@pytest.mark.xfail(strict=True, reason="the port-scan rule reports a window once, at its threshold of 15 ports")
 def test_sample_scan_states_every_port(sample_alerts):
     scan = final_revision(sample_alerts, "scan")
     closed = closed_scan_ports()
@@ -185,7 +184,6 @@ def test_sample_arp_replies_within_tshark(sample_alerts):
     assert spoof.evidence["receivers"] <= len(receivers)
 
 
-@pytest.mark.xfail(strict=True, reason="the unsolicited-ARP rule reports a window once, at its threshold of 5 replies")
 def test_sample_arp_states_every_reply(sample_alerts):
     spoof = final_revision(sample_alerts, "spoofing")
     replies = tshark_lines("arp.opcode==2 && arp.src.proto_ipv4==10.40.0.1", "eth.src")

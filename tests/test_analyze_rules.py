@@ -61,7 +61,8 @@ def test_port_scan_from_unanswered_syns():
     assert len(scans) == 1
     assert scans[0].src_ip == ATTACKER
     assert scans[0].dst_ip == TARGET
-    assert scans[0].evidence["distinct_ports"] == 15  # fires at the threshold
+    # One report per batch with the window's running total: all 20 ports.
+    assert scans[0].evidence["distinct_ports"] == 20
     assert scans[0].technique == "T1046"
 
 

@@ -167,10 +167,10 @@ def _arp_binding_sentence(alert: Alert, part: OriginFigures) -> str:
     return text
 
 
-# NOTE: the threshold rules (engine/analyze/rules.py) report a window once,
-# when its figure reaches the threshold, so a folded rule figure is a lower
-# bound ("at least 15 ports" for a 40-port scan). A rule that re-reported a
-# growing window with evidence "window_start" would make it exact.
+# NOTE: the port-scan and unsolicited-ARP rules re-report a growing window
+# once per batch (evidence "window_start"), so their figures are exact. The
+# other threshold rules (engine/analyze/rules.py) still report a window once,
+# when it reaches the threshold, so their folded figures are lower bounds.
 _RULES = {
     "model": SummaryRule(_model_sentence, _model_clause),
     "anomaly": SummaryRule(_anomaly_sentence, _anomaly_clause),

@@ -129,7 +129,8 @@ class _WindowTable:
     def add(self, key, item, when: float, flow_id: int) -> dict:
         entry = self.entries.get(key)
         if entry is None or when - entry["start"] > self.window_s:
-            entry = {"start": when, "last": when, "items": set(), "flow_ids": [], "fired": False}
+            entry = {"start": when, "last": when, "items": set(), "flow_ids": [], "fired": False,
+                     "window_start": when, "reported": 0}
             self.entries[key] = entry
             if len(self.entries) > self.max_keys:
                 self.entries.popitem(last=False)
@@ -237,18 +238,17 @@ class FlowRules:
             & ~np.isin(flows["src_port"], AMPLIFIER_PORTS)
         )
         hits = []
+        # (source, target) -> (protocol, entry) of port-scan windows at or past
+        # the threshold that grew in this batch: reported once per batch with
+        # the window's running total, which the alert sink folds by window_start.
+        grown_scans = {}
         for row in np.flatnonzero(failed):
             view = _flow_view(flows[row])
             src, dst, port, when, flow_id = view.src, view.dst, view.dst_port, view.when, view.flow_id
             entry = self.port_scan.add((src, dst), port, when, flow_id)
-            if not entry["fired"] and len(entry["items"]) >= c.scan_ports_per_host:
+            if len(entry["items"]) >= c.scan_ports_per_host and len(entry["items"]) > entry["reported"]:
                 entry["fired"] = True
-                hits.append(RuleHit(
-                    "port_scan", "port_scan", src, dst, None, view.protocol,
-                    entry["start"], entry["last"], list(entry["flow_ids"]),
-                    {"distinct_ports": len(entry["items"]), "window_s": c.scan_window_s},
-                    f"{src} probed {len(entry['items'])} ports of {dst} without getting a service",
-                ))
+                grown_scans[(src, dst)] = (view.protocol, entry)
             entry = self.host_sweep.add((src, port), dst, when, flow_id)
             if not entry["fired"] and len(entry["items"]) >= c.sweep_hosts:
                 entry["fired"] = True
@@ -258,6 +258,15 @@ class FlowRules:
                     {"distinct_hosts": len(entry["items"]), "port": port, "window_s": c.scan_window_s},
                     f"{src} tried port {port} on {len(entry['items'])} hosts that did not answer",
                 ))
+        for (src, dst), (protocol, entry) in grown_scans.items():
+            entry["reported"] = len(entry["items"])
+            hits.append(RuleHit(
+                "port_scan", "port_scan", src, dst, None, protocol,
+                entry["start"], entry["last"], list(entry["flow_ids"]),
+                {"distinct_ports": entry["reported"], "window_s": c.scan_window_s,
+                 "window_start": entry["window_start"]},
+                f"{src} probed {entry['reported']} ports of {dst} without getting a service",
+            ))
         return hits
 
     def _bruteforce_rule(self, flows):
@@ -390,6 +399,9 @@ class FlowRules:
             return []
         c = self.config
         hits = []
+        # (claimed address, MAC) -> entry of unsolicited-reply windows at or
+        # past the threshold that grew in this batch, reported once per batch.
+        grown_spoofs = {}
         rows = np.flatnonzero(arp & (packets["arp_op"] == ARP_REQUEST))
         for row in rows:
             packet = packets[row]
@@ -427,19 +439,9 @@ class FlowRules:
                 self.counters["arp_unsolicited_replies"] += 1
                 entry = self.arp_unsolicited.add((sender, mac), receiver, when, 0)
                 entry["replies"] = entry.get("replies", 0) + 1
-                if not entry["fired"] and entry["replies"] >= c.arp_unsolicited_replies:
+                if entry["replies"] >= c.arp_unsolicited_replies and entry["replies"] > entry["reported"]:
                     entry["fired"] = True
-                    # The claimed address belongs to the victim, not the
-                    # attacker, so the attacker is named by its MAC only.
-                    hits.append(RuleHit(
-                        "arp_spoof", "arp_unsolicited_replies", None, None, None, "arp",
-                        entry["start"], entry["last"], [],
-                        {"claimed_address": sender, "mac": mac, "unsolicited_replies": entry["replies"],
-                         "receivers": len(entry["items"]), "window_s": c.arp_window_s},
-                        f"{mac} sent {entry['replies']} unsolicited ARP replies claiming {sender} "
-                        f"to {len(entry['items'])} hosts",
-                        src_mac=mac,
-                    ))
+                    grown_spoofs[(sender, mac)] = entry
             if previous is not None and previous != mac:
                 self.counters["arp_binding_changes"] += 1
                 hits.append(RuleHit(
@@ -448,4 +450,18 @@ class FlowRules:
                     f"ARP replies moved {sender} from {previous} to {mac}",
                     src_mac=mac,
                 ))
+        for (sender, mac), entry in grown_spoofs.items():
+            entry["reported"] = entry["replies"]
+            # The claimed address belongs to the victim, not the attacker,
+            # so the attacker is named by its MAC only.
+            hits.append(RuleHit(
+                "arp_spoof", "arp_unsolicited_replies", None, None, None, "arp",
+                entry["start"], entry["last"], [],
+                {"claimed_address": sender, "mac": mac, "unsolicited_replies": entry["replies"],
+                 "receivers": len(entry["items"]), "window_s": c.arp_window_s,
+                 "window_start": entry["window_start"]},
+                f"{mac} sent {entry['replies']} unsolicited ARP replies claiming {sender} "
+                f"to {len(entry['items'])} hosts",
+                src_mac=mac,
+            ))
         return hits
