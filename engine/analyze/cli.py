@@ -595,7 +595,7 @@ def print_summary(capture, pipeline, anomalies, published):
     stats = pipeline.stats
     click.echo(f"--- {capture}")
     click.echo(
-        f"packets {stats.get('packets', 0):,}  bytes {stats.get('bytes', 0):,}  "
+        f"packets {stats.get('packets', 0):,}  wire bytes {stats.get('bytes', 0):,}  "
         f"flows {stats.get('flows', 0):,}  evicted {stats.get('flow_flows_evicted', 0):,}"
     )
     if published:
