@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 from engine.store import StoreError, check_store_tables, open_store
-from tests.conftest import require_root, require_tool
+from tests.conftest import REPO_ROOT, require_root, require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "engine" / "data" / "sample.pcap"
@@ -224,9 +224,19 @@ def test_store_on_read_only_mount(sample_store, tmp_path):
     assert store.read_bytes() == before
 
 
+def run_without_dac_override(*arguments):
+    """Run `python -m engine ARGUMENTS` as root without the capabilities that bypass file modes."""
+    command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+               sys.executable, "-m", "engine", *map(str, arguments)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
 def test_store_read_only_by_mode(sample_store, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores file modes; test_store_on_read_only_mount covers read-only media")
+    as_root = os.geteuid() == 0
+    if as_root:
+        # Root ignores file modes, so the read commands run without the
+        # DAC override capabilities, as an ordinary reader would.
+        require_tool("setpriv")
     directory = tmp_path / "locked"
     directory.mkdir()
     store = directory / "ward.db"
@@ -235,13 +245,21 @@ def test_store_read_only_by_mode(sample_store, tmp_path):
     store.chmod(0o444)
     directory.chmod(0o555)
     try:
-        result = run_cli("alerts", "list", "--json", "--store", store)
-        assets = run_cli("assets", "--json", "--store", store)
+        if as_root:
+            result = run_without_dac_override("alerts", "list", "--json", "--store", store)
+            assets = run_without_dac_override("assets", "--json", "--store", store)
+            exit_codes = (result.returncode, assets.returncode)
+            outputs = (result.stdout + result.stderr, assets.stdout + assets.stderr)
+        else:
+            result = run_cli("alerts", "list", "--json", "--store", store)
+            assets = run_cli("assets", "--json", "--store", store)
+            exit_codes = (result.exit_code, assets.exit_code)
+            outputs = (result.output, assets.output)
     finally:
         directory.chmod(0o755)
-    assert result.exit_code == 0, result.output
+    assert exit_codes[0] == 0, outputs[0]
     assert result.stdout == expected
-    assert assets.exit_code == 0, assets.output
+    assert exit_codes[1] == 0, outputs[1]
 
 
 def test_read_only_mount_with_unread_wal(sample_store, tmp_path):
