@@ -153,7 +153,6 @@ def run_command(interface, workers, filter_expression, no_promisc, block_size, b
     flow_stream = None
     flow_writer = None
     if flow_log:
-        from engine.flows import flows_to_records
         from engine.flows.cli import FlowWriter
 
         try:
@@ -163,10 +162,9 @@ def run_command(interface, workers, filter_expression, no_promisc, block_size, b
         writer = FlowWriter(flow_stream, "jsonl")
 
         def flow_writer(flows):
-            records = flows_to_records(flows)
-            writer.write(records)
+            writer.write_flows(flows)
             flow_stream.flush()
-            return len(records)
+            return len(flows)
 
     def reload():
         new_config = load_config(config_path)
