@@ -132,6 +132,13 @@ cdef enum:
 cdef int64_t FRAGMENT_MAX_AGE_NS = 30000000000
 # clock_ns before the first IP packet.
 cdef int64_t CLOCK_UNSET = -(1 << 62)
+# A packet more than this ahead of the clock moves it only once the next
+# packet is not back more than this before it. One bad timestamp (a record
+# dated years ahead) otherwise ended every live flow by idle timeout and
+# split the rest of the capture into one-packet flows; a real gap in
+# traffic is confirmed by its second packet. The packet's own flow still
+# times out against its own timestamp.
+cdef int64_t CLOCK_JUMP_NS = 60 * 1000000000
 
 
 ctypedef struct flow_key:
@@ -248,6 +255,7 @@ ctypedef struct table_counters:
     uint64_t flow_table_full
     uint64_t flows_flushed
     uint64_t timestamp_backwards
+    uint64_t timestamp_jumps_held      # a packet far ahead of the clock that the next packet did not confirm
     uint64_t fragments_attributed
     uint64_t fragments_unattributed
     uint64_t fragment_map_overwrites
@@ -268,8 +276,9 @@ ctypedef struct table_state:
     fragment_entry *fragments
     int64_t idle_timeout_ns
     int64_t active_timeout_ns
-    int64_t clock_ns           # largest capture time seen: timeouts run on it
+    int64_t clock_ns           # largest confirmed capture time: timeouts run on it
     int64_t previous_ts_ns
+    int64_t jump_candidate_ns  # a time far ahead of clock_ns, waiting for a second packet near it
     uint64_t next_flow_id
     uint64_t live_flows
     uint16_t community_id_seed
@@ -983,6 +992,24 @@ cdef void sweep(table_state *t, uint64_t budget) noexcept nogil:
             t.counters.flows_expired_active += 1
 
 
+cdef inline void advance_clock(table_state *t, int64_t ts_ns) noexcept nogil:
+    if t.jump_candidate_ns != CLOCK_UNSET:
+        if ts_ns >= t.jump_candidate_ns - CLOCK_JUMP_NS:
+            # Traffic went on from the far time: a real gap.
+            if t.jump_candidate_ns > t.clock_ns:
+                t.clock_ns = t.jump_candidate_ns
+        else:
+            # The next packet fell back near the old clock: an outlier.
+            t.counters.timestamp_jumps_held += 1
+        t.jump_candidate_ns = CLOCK_UNSET
+    if ts_ns <= t.clock_ns:
+        return
+    if t.clock_ns == CLOCK_UNSET or ts_ns - t.clock_ns <= CLOCK_JUMP_NS:
+        t.clock_ns = ts_ns
+    else:
+        t.jump_candidate_ns = ts_ns
+
+
 cdef void process_packet(table_state *t, ww_packet *packet,
                          const pending_key *pending) noexcept nogil:
     # `pending` is the key prepare_key() built for this packet, if any.
@@ -999,6 +1026,7 @@ cdef void process_packet(table_state *t, ww_packet *packet,
     cdef uint16_t src_port = 0, dst_port = 0
     cdef uint8_t flipped = 0
     cdef uint8_t one_way = 0
+    cdef int64_t now_ns
     cdef flow_entry *e
 
     t.counters.packets += 1
@@ -1011,8 +1039,10 @@ cdef void process_packet(table_state *t, ww_packet *packet,
     if packet.ts_ns < t.previous_ts_ns:
         t.counters.timestamp_backwards += 1
     t.previous_ts_ns = packet.ts_ns
-    if packet.ts_ns > t.clock_ns:
-        t.clock_ns = packet.ts_ns
+    advance_clock(t, packet.ts_ns)
+    # The arriving packet's flow times out against the packet's own time,
+    # even while a jump in it waits for confirmation.
+    now_ns = packet.ts_ns if packet.ts_ns > t.clock_ns else t.clock_ns
 
     if later_fragment:
         found = attributed_fragment_slot(t, packet, &direction)
@@ -1045,12 +1075,12 @@ cdef void process_packet(table_state *t, ww_packet *packet,
     if found >= 0:
         slot = <uint32_t>found
         e = &t.pool[slot]
-        if t.clock_ns - e.hot.last_seen_ns > t.idle_timeout_ns:
+        if now_ns - e.hot.last_seen_ns > t.idle_timeout_ns:
             export_entry(t, e, WW_EXPIRATION_IDLE)
             t.counters.flows_expired_idle += 1
             flipped = is_tcp and (packet.tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
             start_flow(t, e, packet, src_is_lo, not flipped, flipped)
-        elif t.clock_ns - e.hot.first_seen_ns > t.active_timeout_ns:
+        elif now_ns - e.hot.first_seen_ns > t.active_timeout_ns:
             # The next segment of a long flow keeps the initiator it had.
             export_entry(t, e, WW_EXPIRATION_ACTIVE)
             t.counters.flows_expired_active += 1
@@ -1185,6 +1215,7 @@ cdef class FlowTableKernel:
         self.t.community_id_seed = community_id_seed
         self.t.clock_ns = CLOCK_UNSET
         self.t.previous_ts_ns = CLOCK_UNSET
+        self.t.jump_candidate_ns = CLOCK_UNSET
         self._dtype = flow_dtype()
 
     def __dealloc__(self):

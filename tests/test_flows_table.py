@@ -366,6 +366,47 @@ def test_idle_timeout_uses_capture_time():
     assert packets["flow_id"][0] == packets["flow_id"][1] != packets["flow_id"][2]
 
 
+def test_one_outlying_timestamp_keeps_the_clock():
+    # Two steady UDP flows; one record of the first is dated 80 years ahead
+    # (a corrupt timestamp). The flow clock must not jump, or every live
+    # flow would end by idle timeout at its next packet. Only the flow that
+    # carries the outlier is split there, against the outlier's own time.
+    outlier_s = 80 * 365 * 86400.0
+    packets = batch(
+        make_packet(0.0, CLIENT, SERVER, 1000, 2000, UDP),
+        make_packet(0.5, "10.9.9.9", SERVER, 3, 4, UDP),
+        make_packet(1.0, CLIENT, SERVER, 1000, 2000, UDP),
+        make_packet(outlier_s, CLIENT, SERVER, 1000, 2000, UDP),
+        make_packet(3.0, "10.9.9.9", SERVER, 3, 4, UDP),
+        make_packet(4.0, CLIENT, SERVER, 1000, 2000, UDP),
+    )
+    table = FlowTable(capacity=8, idle_timeout_s=120)
+    ended = table.update(packets)
+    assert table.stats["timestamp_jumps_held"] == 1
+    assert len(ended) == 1
+    assert ended[0]["src_port"] == 1000
+    assert ended[0]["bidirectional_packets"] == 2
+    other = packets["flow_id"][[1, 4]].tolist()
+    assert other[0] == other[1]
+    assert packets["flow_id"][3] == packets["flow_id"][5]
+
+
+def test_real_gap_in_traffic_moves_the_clock():
+    # Ten minutes of silence, then two packets: the second confirms the
+    # jump, so the first flow of the other pair ends by idle timeout.
+    packets = batch(
+        make_packet(0.0, "10.9.9.9", SERVER, 3, 4, UDP),
+        make_packet(600.0, CLIENT, SERVER, 1000, 2000, UDP),
+        make_packet(601.0, CLIENT, SERVER, 1000, 2000, UDP),
+    )
+    table = FlowTable(capacity=8, idle_timeout_s=120)
+    ended = table.update(packets)
+    assert len(ended) == 1
+    assert ended[0]["src_port"] == 3
+    assert EXPIRATION_NAMES[ended[0]["expiration_id"]] == "idle"
+    assert table.stats["timestamp_jumps_held"] == 0
+
+
 def test_idle_flow_swept_without_own_packets():
     table = FlowTable(capacity=8, idle_timeout_s=10)
     assert len(table.update(batch(make_packet(0.0, CLIENT, SERVER, 1, 2, UDP)))) == 0
