@@ -269,8 +269,9 @@ def format_alert_line(alert) -> str:
               help="Seconds to keep the bus and replay socket open after the last capture, "
                    "so late subscribers can fetch what they missed.")
 @click.option("--force", is_flag=True,
-              help="Analyse a capture even if this store has analysed a file with the same content before; "
-                   "its alerts are then stored twice.")
+              help="Analyse a capture even if this store has analysed a file with the same content before. "
+                   "Its alerts and traffic logins are stored again, and the repeated logins feed the login "
+                   "rules (repeated failures can raise alerts of their own); use another --store to compare runs.")
 @alert_sink_options
 def analyze_command(captures, store_path, model_path, config_path, batch_size, idle_timeout, active_timeout,
                     quiet, no_inspect, policy_path, linger, force, **sink_options):
