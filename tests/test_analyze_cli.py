@@ -215,3 +215,16 @@ def test_every_shared_capture_without_traceback(shared_pcaps, tmp_path):
     # Exit 1 only where a capture could not be read; each such file has an "error:" line.
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == (1 if errors else 0)
+
+
+def test_console_line_brackets_ipv6_destination():
+    from engine.alerts.schema import Alert, Endpoint
+    from engine.analyze.cli import format_alert_line
+
+    alert = Alert(category="cleartext_credentials", severity="high", summary="MQTT password in cleartext",
+                  src=Endpoint(ip="2001:db8::7"), dst=Endpoint(ip="2001:db8::1", port=1883))
+    alert.seq = 4
+    line = format_alert_line(alert)
+    assert "2001:db8::7 -> [2001:db8::1]:1883: MQTT password" in line
+    alert.dst = Endpoint(ip="10.0.0.1", port=1883)
+    assert "2001:db8::7 -> 10.0.0.1:1883: " in format_alert_line(alert)

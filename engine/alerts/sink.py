@@ -305,7 +305,15 @@ class AlertSink:
             self.eve = None
         if self.cef is not None:
             undelivered = self.cef.counters["dropped"]
-            if undelivered:
+            if undelivered and self.cef.transport == "udp":
+                # UDP reports a closed port only on some later send, so the
+                # messages that seemed sent may be lost as well.
+                logger.warning(
+                    "at least %d of %d CEF messages were not delivered to %s (UDP confirms no delivery);"
+                    " check that the syslog collector listens there, and find the alerts in the store",
+                    undelivered, undelivered + self.cef.counters["sent"], self.cef.target,
+                )
+            elif undelivered:
                 logger.warning(
                     "%d of %d CEF messages were not delivered to %s; check that the syslog collector"
                     " accepts connections, and find the alerts in the store",

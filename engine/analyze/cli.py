@@ -240,8 +240,12 @@ def format_alert_line(alert) -> str:
     hosts = ""
     if alert.src.ip and alert.src.ip not in alert.summary:
         hosts = alert.src.ip
-        if alert.dst.ip:
-            hosts += f" -> {alert.dst.ip}" + (f":{alert.dst.port}" if alert.dst.port else "")
+        if alert.dst.ip and alert.dst.port:
+            # IPv6 addresses take brackets, so the port is not read as their last group.
+            address = f"[{alert.dst.ip}]" if ":" in alert.dst.ip else alert.dst.ip
+            hosts += f" -> {address}:{alert.dst.port}"
+        elif alert.dst.ip:
+            hosts += f" -> {alert.dst.ip}"
         hosts += ": "
     return f"[{alert.seq}] {alert.severity.upper():8} {alert.category}{technique}: {hosts}{alert.summary}"
 
