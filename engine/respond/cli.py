@@ -159,7 +159,9 @@ def list_command(store_path, status, limit, as_json):
             created = datetime.datetime.fromtimestamp(record.created_at, tz=datetime.timezone.utc)
             expiry = "-"
             if record.expires_at is not None:
-                expiry = datetime.datetime.fromtimestamp(record.expires_at, tz=datetime.timezone.utc).strftime("%H:%M:%S")
+                ends = datetime.datetime.fromtimestamp(record.expires_at, tz=datetime.timezone.utc)
+                # The time of day alone read as already past for a one-day block.
+                expiry = f"{ends:%H:%M:%S}" if ends.date() == created.date() else f"{ends:%Y-%m-%d %H:%M:%S}"
             click.echo(f"{record.id} {created:%Y-%m-%d %H:%M:%S} {record.status:<17} {record.action:<11}"
                        f" {record.subject or '-':<20} until {expiry} by {record.actor}: {record.reason}"
                        + (f"; {record.detail['why']}" if record.detail.get("why") else ""))
