@@ -263,7 +263,10 @@ def _float_matrix(column: np.ndarray, json_names: bool) -> np.ndarray:
     timestamps). The rest are formatted with float.__repr__ once per
     distinct value.
     """
-    whole = (np.abs(column) <= _WHOLE_FLOAT_LIMIT) & (column == np.trunc(column)) & ~np.signbit(column)
+    # NaN and infinities fail every test here and go to float.__repr__;
+    # numpy would warn about them in trunc.
+    with np.errstate(invalid="ignore"):
+        whole = (np.abs(column) <= _WHOLE_FLOAT_LIMIT) & (column == np.trunc(column)) & ~np.signbit(column)
     parts = []
     if whole.any():
         digits = _digit_matrix(column[whole].astype(np.uint64))
