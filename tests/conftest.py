@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,19 @@ def require_root() -> None:
     """Skip the test unless it runs as root."""
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces, raw sockets or nftables)")
+
+
+@pytest.fixture
+def netns():
+    """Create a network namespace with a unique name for nftables tests; delete it afterwards."""
+    require_root()
+    require_tool("ip")
+    require_tool("nft")
+    name = f"wwtest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if created.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {created.stderr.strip()}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)

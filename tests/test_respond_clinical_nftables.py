@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import uuid
 from contextlib import closing
 
 import pytest
@@ -32,21 +31,6 @@ EXAMPLE_PLAYBOOK = REPO_ROOT / "engine" / "data" / "playbook.example.toml"
 PACS = "10.10.0.17"
 READING_WORKSTATION = "10.20.0.13"
 EXFIL_SINK = "198.51.100.104"
-
-
-@pytest.fixture
-def netns():
-    require_root()
-    require_tool("ip")
-    require_tool("nft")
-    name = f"wwclin-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if created.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {created.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def blocked_addresses(namespace):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from contextlib import closing
 
 import pytest
@@ -30,22 +29,6 @@ from tests.conftest import REPO_ROOT, require_root, require_tool
 ATTACKER = "198.51.100.23"
 PUMP = "10.30.0.41"  # listed as life-critical in the policy file below
 SERVER = "10.10.0.16"
-
-
-@pytest.fixture
-def netns():
-    """Create a network namespace with a unique name; delete it afterwards."""
-    require_root()
-    require_tool("ip")
-    require_tool("nft")
-    name = f"wwtest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if created.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {created.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def nft_in(namespace, *arguments):
