@@ -25,7 +25,7 @@ from engine.respond import records
 from engine.respond.playbook import parse_playbook
 from engine.respond.responder import Responder
 from engine.store import open_store
-from tests.conftest import REPO_ROOT, require_root, require_tool
+from tests.conftest import REPO_ROOT
 
 EXAMPLE_PLAYBOOK = REPO_ROOT / "engine" / "data" / "playbook.example.toml"
 PACS = "10.10.0.17"

@@ -24,7 +24,7 @@ from engine.respond.playbook import parse_playbook
 from engine.respond.responder import Responder, undo_action
 from engine.respond.service import run_responder
 from engine.store import open_store
-from tests.conftest import REPO_ROOT, require_root, require_tool
+from tests.conftest import REPO_ROOT
 
 ATTACKER = "198.51.100.23"
 PUMP = "10.30.0.41"  # listed as life-critical in the policy file below
