@@ -176,7 +176,7 @@ def test_window_kernel_matches_reference_across_landmarks(seed):
     assert_matches_reference(windows, rows)
 
 
-def test_window_idle_key_reads_its_last_burst_after_landmarks_moved():
+def test_idle_key_keeps_burst_after_landmarks():
     # Hosts 7 and 8 exchange a burst, then go quiet while hosts 1 and 2
     # talk for 300 s (the landmark moves five times). A flow of 7 -> 8
     # scored at its last packet (as an idle timeout does) must still read

@@ -576,9 +576,9 @@ class Pipeline:
             return allowed
         candidates = flagged & (best == self._beacon_class)
         # A TCP flow without its originator's SYN began before the capture
-        # or is the remainder of a flow evicted from a full table: not a
-        # connection start, so it cannot show a beacon's period (an MQTT
-        # session cut into fragments looked like regular connections).
+        # or is the remainder of a flow evicted from a full table. It is not
+        # a connection start, so it cannot show a beacon's period: an MQTT
+        # session cut into fragments looked like regular connections.
         midstream = candidates & (flows["ip_proto"] == 6) & (np.char.find(flows["history"], b"S") < 0)
         if midstream.any():
             allowed[midstream] = False

@@ -44,7 +44,7 @@ emptied, so a lookup may stop at the first unused slot.
 Timestamps inside the kernels are float64 seconds since the table's base
 time (the first packet seen), which keeps microsecond precision for years.
 Every packet counts at its own timestamp, so reordered input gives the
-sums of sorted input; a packet older than its host's previous one adds a
+sums of sorted input. A packet older than its host's previous one adds a
 zero inter-arrival gap.
 """
 

@@ -36,7 +36,7 @@ DEFAULT_KINDS = ("detection", "policy", "login", "finding")
 # instead of making its rule never match.
 ALERT_CATEGORIES = tuple(sorted({attack.category for attack in ATTACK_CLASSES.values()}
                                 | set(OTHER_ALERT_CATEGORIES)))
-# Hosts with these roles are escalated instead of disrupted, whatever the rule says.
+# Hosts with these roles are escalated instead of disrupted, whatever the rule sets.
 DEFAULT_LIFE_CRITICAL_ROLES = ("infusion_pump", "patient_monitor", "ventilator")
 # Inventory roles (engine/assets/inventory.py) of hosts that patient care
 # depends on: imaging, the EHR and HL7 feeds, and device telemetry. A
