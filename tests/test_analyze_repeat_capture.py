@@ -1,5 +1,6 @@
 """`analyze` usage errors: a capture analysed twice, standard input twice, unknown configuration names."""
 
+import gzip
 import os
 import shutil
 import sqlite3
@@ -7,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import zstandard
 from click.testing import CliRunner
 
 from engine.cli import main
@@ -37,10 +39,15 @@ def test_same_capture_twice_rejected(analysed_store, tmp_path):
     events_before = count_rows(analysed_store, "alert_events")
     runs_before = count_rows(analysed_store, "runs")
     assert events_before > 0
-    # The same bytes under another name are the same capture.
+    # The same bytes under another name, or compressed, are the same capture.
     renamed = tmp_path / "renamed.pcap"
     shutil.copyfile(SAMPLE, renamed)
-    for capture in (SAMPLE, renamed):
+    compressed = tmp_path / "sample.pcap.gz"
+    with open(SAMPLE, "rb") as plain, gzip.open(compressed, "wb") as packed:
+        shutil.copyfileobj(plain, packed)
+    zstd_copy = tmp_path / "sample.pcap.zst"
+    zstd_copy.write_bytes(zstandard.ZstdCompressor().compress(SAMPLE.read_bytes()))
+    for capture in (SAMPLE, renamed, compressed, zstd_copy):
         result = run_cli("analyze", "--no-bus", "-q", "--store", analysed_store, capture)
         assert result.exit_code == 1, result.output
         assert f"store {analysed_store} already contains the alerts of {capture}" in result.output

@@ -5,27 +5,30 @@ and double the report's counts. `wardwatch analyze` therefore records the
 SHA-256 of each capture file it finished and rejects the same content later
 unless the operator passes --force.
 
-The digest covers the file's bytes as given, so a gzip or zstd copy of an
-analysed capture has a different digest and is not recognised.
+The digest covers the capture's bytes after decompression, so a gzip or
+zstd copy of an analysed capture is recognised too. Standard input is not
+recorded: it cannot be read twice.
 """
 
 from __future__ import annotations
 
 import datetime
+import gzip
 import hashlib
 import os
 import sqlite3
 import time
 from dataclasses import dataclass
 
+from engine.capture.files import GZIP_MAGIC, ZSTD_MAGIC, ZstdStream
 from engine.store import path_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS analysed_captures (
-    sha256 TEXT NOT NULL,             -- SHA-256 of the capture file's bytes, 64 hex digits
+    sha256 TEXT NOT NULL,             -- SHA-256 of the capture's decompressed bytes, 64 hex digits
     run_id TEXT NOT NULL,             -- the runs row of the analysis
     source TEXT NOT NULL,             -- absolute path the capture was read from
-    size_bytes INTEGER NOT NULL,      -- file size when it was hashed
+    size_bytes INTEGER NOT NULL,      -- decompressed size when it was hashed
     analysed_at REAL NOT NULL,        -- wall-clock seconds since the epoch
     PRIMARY KEY (sha256, run_id)
 );
@@ -56,11 +59,29 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 
 
 def file_sha256(path: str | os.PathLike) -> tuple[str, int]:
-    """Return the SHA-256 hex digest and the size in bytes of a file's content."""
+    """Return the SHA-256 hex digest and the size in bytes of a capture's decompressed content.
+
+    A gzip or zstd file that fails to decompress is hashed as stored;
+    reading it for the analysis reports the error.
+    """
+    try:
+        return _stream_sha256(path, decompress=True)
+    except (OSError, EOFError, ValueError):
+        return _stream_sha256(path, decompress=False)
+
+
+def _stream_sha256(path, decompress: bool) -> tuple[str, int]:
     digest = hashlib.sha256()
     size_bytes = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(READ_CHUNK_BYTES):
+    with open(path, "rb") as raw:
+        head = raw.read(4)
+        raw.seek(0)
+        stream = raw
+        if decompress and head.startswith(GZIP_MAGIC):
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif decompress and head == ZSTD_MAGIC:
+            stream = ZstdStream(raw)
+        while chunk := stream.read(READ_CHUNK_BYTES):
             digest.update(chunk)
             size_bytes += len(chunk)
     return digest.hexdigest(), size_bytes

@@ -121,7 +121,7 @@ class _PrefixedStream(io.RawIOBase):
         return len(chunk)
 
 
-class _ZstdStream(io.RawIOBase):
+class ZstdStream(io.RawIOBase):
     """Decompressed bytes of the zstd frames in `raw`, one after another.
 
     zstandard's stream_reader ends silently on a frame cut short, so this
@@ -300,7 +300,7 @@ class CaptureReader:
 
             self.compression = "zstd"
             self._decompress_errors = (OSError, zstandard.ZstdError)
-            stream = _ZstdStream(stream)
+            stream = ZstdStream(stream)
         self._stream = stream
 
         first = self._read_chunk(PCAP_HEADER_LENGTH)
