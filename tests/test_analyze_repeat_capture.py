@@ -61,9 +61,14 @@ def test_force_analyses_again(analysed_store, tmp_path):
     store = tmp_path / "copy.db"
     shutil.copyfile(analysed_store, store)
     alerts_before = count_rows(store, "alert_events")
+    logins_before = count_rows(store, "login_records")
+    assert logins_before > 0
     result = run_cli("analyze", "--no-bus", "-q", "--force", "--store", store, SAMPLE)
     assert result.exit_code == 0, result.output
     assert count_rows(store, "alert_events") > alerts_before
+    # The traffic logins are the same records: stored once, so the login
+    # rules do not count repeated failures that never happened.
+    assert count_rows(store, "login_records") == logins_before
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as conn:
         recorded = conn.execute("SELECT COUNT(DISTINCT run_id), COUNT(DISTINCT sha256) FROM analysed_captures").fetchone()
     assert tuple(recorded) == (2, 1)

@@ -273,9 +273,8 @@ def format_alert_line(alert) -> str:
               help="Seconds to keep the bus and replay socket open after the last capture, "
                    "so late subscribers can fetch what they missed.")
 @click.option("--force", is_flag=True,
-              help="Analyse a capture even if this store has analysed a file with the same content before. "
-                   "Its alerts and traffic logins are stored again, and the repeated logins feed the login "
-                   "rules (repeated failures can raise alerts of their own); use another --store to compare runs.")
+              help="Analyse a capture even if this store has analysed a file with the same content before; "
+                   "its alerts are stored again (its traffic logins are not).")
 @alert_sink_options
 def analyze_command(captures, store_path, model_path, config_path, batch_size, idle_timeout, active_timeout,
                     quiet, no_inspect, policy_path, linger, force, **sink_options):
@@ -357,6 +356,9 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
         for capture in captures:
             published.clear()
             inspector = inspection.new_inspector() if inspection else None
+            if inspection is not None:
+                digest = capture_log.digests.get(capture)
+                inspection.capture_key = digest[0][:16] if digest else None
             pipeline = Pipeline(model, options, inspector)
             run = RunStats(sensor_id=alert_config.sensor_id, source=os.path.abspath(capture) if capture != "-" else "-")
             reader_stats = {}
@@ -502,6 +504,11 @@ class InspectionStage:
         self.inventory = Inventory(self.conn)
         self.access = AccessMonitor(self.policy, self.zones, self.conn, roles_of=self.inventory.roles)
         self.login_records: list = []
+        # The current capture's digest prefix (None for standard input). It
+        # goes into traffic login origins, so the store's UNIQUE (origin,
+        # line_no) keeps a capture analysed again with --force from storing
+        # its logins twice, and flow ids of different captures never clash.
+        self.capture_key: str | None = None
         self.user_pseudonymizer = None  # made from user_key_file() at the first login record
         self.counters = Counter()
         # Finding aggregation key -> capture time it was last reported.
@@ -524,8 +531,19 @@ class InspectionStage:
             from engine.logins.ingest import ingest_records
 
             self._pseudonymise_users(output.logins)
+            self._number_logins(output.logins)
             self.login_records += ingest_records(self.conn, output.logins)
         return [alert for alert in output.alerts if not self._repeated_finding(alert)]
+
+    def _number_logins(self, records) -> None:
+        """Give traffic login records a capture-scoped origin and their order within the flow."""
+        if self.capture_key is None:
+            return
+        seen: Counter = Counter()
+        for record in records:
+            record.origin = f"{self.capture_key}:{record.origin}"
+            record.line_no = seen[record.origin]
+            seen[record.origin] += 1
 
     def _pseudonymise_users(self, records) -> None:
         """Replace each record's user name by its keyed pseudonym before it is stored.
