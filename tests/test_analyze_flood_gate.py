@@ -1,25 +1,13 @@
 """Model flood, port scan and host sweep verdicts need volume before they become alerts."""
 
 import collections
-import json
 import socket
 
 import dpkt
 import numpy as np
-from click.testing import CliRunner
 
 from engine.analyze.pipeline import AnalyzeOptions, _distinct_per_group
-from engine.cli import main
-
-
-def analyze_alerts(tmp_path, capture) -> list[dict]:
-    store = tmp_path / "s.db"
-    runner = CliRunner()
-    result = runner.invoke(main, ["analyze", "-q", "--no-bus", "--store", str(store), str(capture)])
-    assert result.exit_code == 0, result.output
-    listed = runner.invoke(main, ["alerts", "list", "--store", str(store), "--json"])
-    assert listed.exit_code == 0, listed.output
-    return [json.loads(line) for line in listed.output.splitlines() if line.strip()]
+from tests.analysis import analyze_alerts, simulate
 
 
 def count_bare_syns(capture) -> int:
@@ -41,20 +29,16 @@ def test_rdp_session_not_a_flood(tmp_path, shared_pcaps):
     # to class three flows as a SYN flood with high severity.
     capture = shared_pcaps / "sv-rdp-003.pcap"
     assert count_bare_syns(capture) < AnalyzeOptions().flood_min_flows
-    alerts = analyze_alerts(tmp_path, capture)
+    alerts = analyze_alerts(tmp_path / "s.db", capture)
     assert [a for a in alerts if a["category"] == "dos"] == []
 
 
 def test_simulated_syn_flood_still_reported(tmp_path):
     capture = tmp_path / "flood.pcap"
-    simulated = CliRunner().invoke(main, [
-        "simulate", "--profile", "small", "--duration", "90s", "--seed", "3",
-        "--no-default-attacks", "--attack", "syn_flood@20s", "-o", str(capture),
-    ])
-    assert simulated.exit_code == 0, simulated.output
-    labels = [json.loads(line) for line in (tmp_path / "flood.labels.jsonl").read_text().splitlines()]
+    labels = simulate(capture, "--profile", "small", "--duration", "90s", "--seed", "3",
+                      "--no-default-attacks", "--attack", "syn_flood@20s")
     target = labels[0]["dst"]
-    alerts = analyze_alerts(tmp_path, capture)
+    alerts = analyze_alerts(tmp_path / "s.db", capture)
     dos = [a for a in alerts if a["category"] == "dos"]
     assert len(dos) == 1
     assert dos[0]["dst"]["ip"] == target
@@ -79,7 +63,7 @@ def test_broadcast_ping_not_a_sweep(tmp_path, shared_pcaps):
     targets = count_targets_per_source(capture)
     assert targets
     assert max(len(hosts) for hosts in targets.values()) < AnalyzeOptions().sweep_min_hosts
-    alerts = analyze_alerts(tmp_path, capture)
+    alerts = analyze_alerts(tmp_path / "s.db", capture)
     assert [a for a in alerts if a["category"] == "scan"] == []
 
 
@@ -97,19 +81,15 @@ def test_distinct_per_group_matches_sets():
 def test_single_dns_flow_not_a_tunnel(tmp_path, shared_pcaps):
     # ppp-many-interfaces.pcapng has only ordinary lookups, and the model once
     # called one of its DNS flows a tunnel with high severity.
-    alerts = analyze_alerts(tmp_path, shared_pcaps / "ppp-many-interfaces.pcapng")
+    alerts = analyze_alerts(tmp_path / "s.db", shared_pcaps / "ppp-many-interfaces.pcapng")
     assert [a for a in alerts if a["category"] == "tunneling"] == []
 
 
 def test_simulated_dns_tunnel_still_reported(tmp_path):
     capture = tmp_path / "tunnel.pcap"
-    simulated = CliRunner().invoke(main, [
-        "simulate", "--profile", "small", "--duration", "90s", "--seed", "4",
-        "--no-default-attacks", "--attack", "dns_tunnel@20s", "-o", str(capture),
-    ])
-    assert simulated.exit_code == 0, simulated.output
-    labels = [json.loads(line) for line in (tmp_path / "tunnel.labels.jsonl").read_text().splitlines()]
-    alerts = analyze_alerts(tmp_path, capture)
+    labels = simulate(capture, "--profile", "small", "--duration", "90s", "--seed", "4",
+                      "--no-default-attacks", "--attack", "dns_tunnel@20s")
+    alerts = analyze_alerts(tmp_path / "s.db", capture)
     tunnels = [a for a in alerts if a["category"] == "tunneling"]
     assert len(tunnels) >= 1
     assert {a["src"]["ip"] for a in tunnels} == {labels[0]["src"]}

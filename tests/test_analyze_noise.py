@@ -7,28 +7,17 @@ the flows of a simulated week-profile day, far above the 1% target.
 """
 
 import collections
-import json
 import socket
 
 import dpkt
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from engine.analyze.pipeline import AnalyzeOptions, Pipeline, interval_cv
 from engine.capture import open_capture
-from engine.cli import main
 from engine.detect.model import load_model
 from engine.flows.layout import FLOW_DTYPE
-
-
-def analyze_alerts(store, capture) -> list[dict]:
-    runner = CliRunner()
-    result = runner.invoke(main, ["analyze", "-q", "--no-bus", "--store", str(store), str(capture)])
-    assert result.exit_code == 0, result.output
-    listed = runner.invoke(main, ["alerts", "list", "--store", str(store), "--json"])
-    assert listed.exit_code == 0, listed.output
-    return [json.loads(line) for line in listed.output.splitlines() if line.strip()]
+from tests.analysis import analyze_alerts, simulate
 
 
 def tcp_segments(capture):
@@ -96,12 +85,8 @@ def test_reflection_still_dos(reflection_alerts):
 
 def test_simulated_beacon_still_reported(tmp_path):
     capture = tmp_path / "beacon.pcap"
-    simulated = CliRunner().invoke(main, [
-        "simulate", "--profile", "small", "--duration", "180s", "--seed", "5",
-        "--no-default-attacks", "--attack", "c2_beacon@10s:interval=15,beacons=8", "-o", str(capture),
-    ])
-    assert simulated.exit_code == 0, simulated.output
-    labels = [json.loads(line) for line in (tmp_path / "beacon.labels.jsonl").read_text().splitlines()]
+    labels = simulate(capture, "--profile", "small", "--duration", "180s", "--seed", "5",
+                      "--no-default-attacks", "--attack", "c2_beacon@10s:interval=15,beacons=8")
     assert len(labels) == 1
     assert len(labels[0]["flows"]) == 8
     alerts = analyze_alerts(tmp_path / "s.db", capture)
@@ -208,11 +193,8 @@ def test_week_profile_benign_anomaly_share(tmp_path):
     # flows within 1%, and it flags 53 of the 9168 flows here. The model
     # calibrated on the small profile alone flagged 1427 (16%).
     capture = tmp_path / "week.pcap"
-    simulated = CliRunner().invoke(main, [
-        "simulate", "--profile", "week", "--duration", "2h", "--seed", "23", "--no-default-attacks", "-o", str(capture),
-    ])
-    assert simulated.exit_code == 0, simulated.output
-    assert (tmp_path / "week.labels.jsonl").read_text() == ""
+    labels = simulate(capture, "--profile", "week", "--duration", "2h", "--seed", "23", "--no-default-attacks")
+    assert labels == []
     counts, flows = detections_by_origin(capture)
     assert flows > 5000
     assert counts["anomaly"] / flows <= load_model().metadata["anomaly"]["target_benign_fpr"]
