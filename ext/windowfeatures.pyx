@@ -515,12 +515,12 @@ def update_tables(
     # The growth factors of keys on the shared landmark (one set per packet),
     # and of keys with a landmark of their own: one buffer per role, as the
     # source's factors are still used after the others are looked up.
-    cdef growth_cache packet_growth, src_late, dst_late, pair_late, socket_late
+    cdef growth_cache packet_growth, src_own, dst_own, pair_own, socket_own
     packet_growth.since_landmark_s = NAN
-    src_late.since_landmark_s = NAN
-    dst_late.since_landmark_s = NAN
-    pair_late.since_landmark_s = NAN
-    socket_late.since_landmark_s = NAN
+    src_own.since_landmark_s = NAN
+    dst_own.since_landmark_s = NAN
+    pair_own.since_landmark_s = NAN
+    socket_own.since_landmark_s = NAN
 
     cdef Py_ssize_t i, ahead, src_slot, dst_slot, slot, src_slot_again
     cdef int direction
@@ -588,7 +588,7 @@ def update_tables(
                 host_last_sent[src_slot] = NAN
             src_growth = _key_growth(stats, &host_time[src_slot], host_key_landmark + src_slot, is_new, now_s,
                                      landmark_s, windows, HOST_FIELDS, False, rates, power_of_next,
-                                     fastest_rate, &packet_growth, &src_late)
+                                     fastest_rate, &packet_growth, &src_own)
             gap_s = now_s - host_last_sent[src_slot]
             has_gap = gap_s == gap_s
             if has_gap and gap_s < 0.0:
@@ -616,7 +616,7 @@ def update_tables(
                 host_last_sent[dst_slot] = NAN
             dst_growth = _key_growth(stats, &host_time[dst_slot], host_key_landmark + dst_slot, is_new, now_s,
                                      landmark_s, windows, HOST_FIELDS, False, rates, power_of_next,
-                                     fastest_rate, &packet_growth, &dst_late)
+                                     fastest_rate, &packet_growth, &dst_own)
             if is_tcp and (flags & TCP_SYN) != 0 and (flags & TCP_ACK) != 0:
                 for k in range(windows):
                     stats[k * HOST_FIELDS + H_SYNACK] += dst_growth[k]
@@ -632,7 +632,7 @@ def update_tables(
                 last_seen[2 * slot + 1] = -INFINITY
             growth = _key_growth(stats, &pair_time[slot], pair_key_landmark + slot, is_new, now_s, landmark_s,
                                  windows, PAIR_FIELDS, True, rates, power_of_next, fastest_rate,
-                                 &packet_growth, &pair_late)
+                                 &packet_growth, &pair_own)
             silence_s = now_s - last_seen[2 * slot + direction]
             last_seen[2 * slot + direction] = now_s
             src_slot_again = src_slot
@@ -655,7 +655,7 @@ def update_tables(
                 _clear(stats, pair_row)
             growth = _key_growth(stats, &sock_time[slot], sock_key_landmark + slot, is_new, now_s, landmark_s,
                                  windows, PAIR_FIELDS, True, rates, power_of_next, fastest_rate,
-                                 &packet_growth, &socket_late)
+                                 &packet_growth, &socket_own)
             for k in range(windows):
                 _add_directional(stats + k * PAIR_FIELDS, direction, size, growth[k])
 

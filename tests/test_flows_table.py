@@ -367,7 +367,7 @@ def test_idle_timeout_uses_capture_time():
 
 
 def test_one_outlying_timestamp_keeps_the_clock():
-    # Two steady UDP flows; one record of the first is dated 80 years ahead
+    # Two steady UDP flows. One record of the first is dated 80 years ahead
     # (a corrupt timestamp). The flow clock must not jump, or every live
     # flow would end by idle timeout at its next packet. Only the flow that
     # carries the outlier is split there, against the outlier's own time.

@@ -61,7 +61,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 def file_sha256(path: str | os.PathLike) -> tuple[str, int]:
     """Return the SHA-256 hex digest and the size in bytes of a capture's decompressed content.
 
-    A gzip or zstd file that fails to decompress is hashed as stored;
+    A gzip or zstd file that fails to decompress is hashed as stored, and
     reading it for the analysis reports the error.
     """
     try:

@@ -256,15 +256,15 @@ def _distinct_matrix(keys: np.ndarray, format_one) -> np.ndarray:
 def _float_matrix(column: np.ndarray, json_names: bool) -> np.ndarray:
     """Return repr(value) of a float64 column as a byte matrix; NaN, Infinity, -Infinity if json_names.
 
-    Shortest-repr formatting is the slowest step (about 0.7 us per value
-    measured on a 2-core x86-64), so two common kinds of value are printed
-    with integer arithmetic instead: whole numbers, and values with at most
+    Shortest-repr formatting is the slowest step: about 0.7 us per value,
+    measured on a 2-core x86-64. Two common kinds of value are therefore
+    printed with integer arithmetic: whole numbers, and values with at most
     six decimals (durations and inter-arrival times in ms from nanosecond
     timestamps). The rest are formatted with float.__repr__ once per
     distinct value.
     """
-    # NaN and infinities fail every test here and go to float.__repr__;
-    # numpy would warn about them in trunc.
+    # NaN and infinities fail every test here and go to float.__repr__,
+    # so numpy's warning about them in trunc is silenced.
     with np.errstate(invalid="ignore"):
         whole = (np.abs(column) <= _WHOLE_FLOAT_LIMIT) & (column == np.trunc(column)) & ~np.signbit(column)
     parts = []

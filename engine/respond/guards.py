@@ -273,18 +273,18 @@ class SubjectGuard:
     def escalation_reason(self, rule: Rule, action_type: str, endpoint: Endpoint, roles: set[str]) -> str | None:
         """Return why a disruptive action on `endpoint` is escalated instead, or None if it may proceed."""
         vendor, implied_roles = self.vendor_roles(endpoint)
-        why = self.policy.match(endpoint.ip, endpoint.mac, roles)
-        if why is None and implied_roles.intersection(self.policy.roles):
-            why = _vendor_reason(vendor, endpoint.mac, implied_roles.intersection(self.policy.roles))
-        if why is not None:
-            return f"{action_type} not applied to a life-critical asset: {why}"
+        match = self.policy.match(endpoint.ip, endpoint.mac, roles)
+        if match is None and implied_roles.intersection(self.policy.roles):
+            match = _vendor_reason(vendor, endpoint.mac, implied_roles.intersection(self.policy.roles))
+        if match is not None:
+            return f"{action_type} not applied to a life-critical asset: {match}"
         if rule.allow_clinical_subjects:
             return None
-        why = self.clinical_match(endpoint.ip, endpoint.mac, roles)
-        if why is None and implied_roles.intersection(self.clinical_roles):
-            why = _vendor_reason(vendor, endpoint.mac, implied_roles.intersection(self.clinical_roles))
-        if why is not None:
-            return (f"{action_type} not applied to a clinical host: {why}. Set allow_clinical_subjects = true"
+        match = self.clinical_match(endpoint.ip, endpoint.mac, roles)
+        if match is None and implied_roles.intersection(self.clinical_roles):
+            match = _vendor_reason(vendor, endpoint.mac, implied_roles.intersection(self.clinical_roles))
+        if match is not None:
+            return (f"{action_type} not applied to a clinical host: {match}. Set allow_clinical_subjects = true"
                     f" on rule {rule.name!r} to let it act on clinical hosts")
         return None
 

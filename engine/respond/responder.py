@@ -189,9 +189,9 @@ class Responder:
                 field = "mac" if action.type == "isolate" or action.command == "isolate" else "ip"
                 return self._record(alert, rule, action.type, None, "failed", now,
                                     error=f"alert has no {action.subject}.{field} to act on")
-            why = self.guard.escalation_reason(rule, action.type, endpoint, self._roles(endpoint, now))
-            if why is not None:
-                return self._escalate(alert, rule, subject, endpoint, now, why, refused_action=action.type)
+            escalation = self.guard.escalation_reason(rule, action.type, endpoint, self._roles(endpoint, now))
+            if escalation is not None:
+                return self._escalate(alert, rule, subject, endpoint, now, escalation, refused_action=action.type)
             if self.allowlist.contains(subject):
                 return self._record(alert, rule, action.type, subject, "skipped_allowlist", now,
                                     why=f"{subject} is on the allowlist")
@@ -273,7 +273,7 @@ class Responder:
         return record
 
     def _escalate(self, alert: Alert, rule: Rule, subject: str | None, endpoint: Endpoint, now: float,
-                  why: str, refused_action: str | None = None) -> ActionRecord | None:
+                  reason_text: str, refused_action: str | None = None) -> ActionRecord | None:
         key = subject or endpoint.ip or alert.id
         if self._escalated.get(key, 0.0) > now:
             self.counters["duplicates"] += 1
@@ -281,7 +281,7 @@ class Responder:
         self._escalated[key] = now + ESCALATION_REPEAT_S
         if len(self._escalated) > MAX_ACTIVE:
             self._escalated = {k: v for k, v in self._escalated.items() if v > now}
-        record = self._record(alert, rule, "escalate", subject, "escalated", now, why=why)
+        record = self._record(alert, rule, "escalate", subject, "escalated", now, why=reason_text)
         if refused_action is not None:
             record.detail["refused_action"] = refused_action
         if self.dry_run:
