@@ -6,13 +6,18 @@
 # slow references written from the definitions).
 #
 # Every table is an open-addressing array of fixed capacity (a power of
-# two) with five uint64 key words per slot. A key is looked up in at most
-# MAX_PROBE slots from its hash; when all of them hold other keys, the slot
-# with the oldest activity time is reused and the table's eviction counter
-# goes up. Slots are never emptied.
+# two). A key is looked up in at most MAX_PROBE slots from its hash; when
+# all of them hold other keys, the slot with the oldest activity time is
+# reused and the table's eviction counter goes up. Slots are never emptied.
 #
-# Stats arrays are C-contiguous float64 [capacity, windows, fields], so one
-# slot's statistics for every half-life sit next to each other.
+# A table is one C-contiguous float64 array [capacity, row_words], 64-byte
+# aligned, and a slot is one row: a header of eight words (the key, its
+# last activity time, its landmark and one spare value), then the
+# statistics [windows, fields], then per-table extras, padded to whole
+# cache lines. An update reads and writes one slot's lines only: with the
+# key, times and sums in separate arrays a packet touched about 44 lines
+# over its five keys, and the misses on them, not the arithmetic, bounded
+# the update rate.
 
 cimport cython
 from libc.math cimport INFINITY, NAN, exp, sqrt
@@ -22,6 +27,15 @@ from libc.string cimport memcpy
 cdef enum:
     MAX_PROBE = 8
     KEY_WORDS = 5
+
+    # Slot header words. The key's words 0-4 are uint64; the rest float64.
+    SLOT_TIME = 5  # last activity, seconds since base_ns
+    SLOT_LANDMARK = 6  # the landmark the slot's sums are scaled to
+    SLOT_AUX = 7  # hosts: time of the last packet sent (NaN before one)
+    HEADER_WORDS = 8
+    LINE_WORDS = 8
+    # Pair rows end with the last packet time of each direction.
+    PAIR_EXTRA_WORDS = 2
 
     H_W = 0
     H_LS = 1
@@ -77,14 +91,36 @@ cdef enum:
     # Packets between key preparation (hash and prefetch) and the update
     # that uses the keys, and the ring that holds the prepared keys between
     # them (a power of two, larger than LOOKAHEAD).
-    LOOKAHEAD = 12
-    KEY_RING = 16
+    LOOKAHEAD = 6
+    KEY_RING = 8
 
 # Python-visible copies, so the wrapper can check they match its own.
 LAYOUT = {
     "MAX_PROBE": MAX_PROBE, "KEY_WORDS": KEY_WORDS, "HOST_FIELDS": HOST_FIELDS,
     "PAIR_FIELDS": PAIR_FIELDS, "OUT_PER_WINDOW": OUT_PER_WINDOW, "MAX_WINDOWS": MAX_WINDOWS,
+    "HEADER_WORDS": HEADER_WORDS,
 }
+
+# Key word 4 never uses its top bit (socket ports and protocol take 40
+# bits), so a stored key carries it as the mark of a used slot: a zeroed
+# slot cannot match any key, the all-zero address included.
+cdef uint64_t USED_BIT = 1ULL << 63
+
+
+def row_words(table, int windows):
+    """Return the words per slot of a table ("host", "pair", "socket", "service") with `windows` half-lives."""
+    cdef int words
+    if table == "host":
+        words = HEADER_WORDS + windows * HOST_FIELDS
+    elif table == "pair":
+        words = HEADER_WORDS + windows * PAIR_FIELDS + PAIR_EXTRA_WORDS
+    elif table == "socket":
+        words = HEADER_WORDS + windows * PAIR_FIELDS
+    elif table == "service":
+        words = HEADER_WORDS
+    else:
+        raise ValueError(f"invalid table {table!r}: expected host, pair, socket or service")
+    return (words + LINE_WORDS - 1) // LINE_WORDS * LINE_WORDS
 
 cdef extern from *:
     """
@@ -105,12 +141,18 @@ cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15ULL
 
 
 ctypedef struct key_table:
-    uint64_t* keys  # [capacity, KEY_WORDS]
-    uint8_t* used  # [capacity]: 1 once a slot has held a key
-    double* time_s  # [capacity]: last activity, seconds since base_ns
-    double* landmark_s  # [capacity]: the landmark the slot's sums are scaled to; NULL without sums
+    double* rows  # [capacity, row_words]: slot header, statistics, extras
+    Py_ssize_t row_words
     uint64_t mask  # capacity - 1
     int evict_counter  # index into counters
+
+
+cdef inline double* _row(const key_table* table, uint64_t slot) noexcept nogil:
+    return table.rows + <Py_ssize_t>slot * table.row_words
+
+
+cdef inline uint64_t* _slot_key(double* row) noexcept nogil:
+    return <uint64_t*>row
 
 
 # Growth factors exp(rate * (t - landmark)) of one time t for every
@@ -157,6 +199,7 @@ cdef inline uint64_t _hash_key(uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k
 
 cdef inline bint _key_equals(const uint64_t* key, uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3,
                              uint64_t k4) noexcept nogil:
+    # k4 carries USED_BIT here, so an unused slot never matches.
     return key[0] == k0 and key[1] == k1 and key[2] == k2 and key[3] == k3 and key[4] == k4
 
 
@@ -178,61 +221,56 @@ cdef Py_ssize_t _find_or_insert(key_table* table, uint64_t start, uint64_t k0, u
     cdef uint64_t slot
     cdef Py_ssize_t oldest_slot = <Py_ssize_t>start
     cdef double oldest_time = INFINITY
+    cdef double* row
+    cdef uint64_t* key
+    cdef uint64_t marked = k4 | USED_BIT
     cdef int probe
     for probe in range(MAX_PROBE):
         slot = (start + <uint64_t>probe) & table.mask
-        if not table.used[slot]:
-            table.used[slot] = 1
-            _store_key(table.keys + slot * KEY_WORDS, k0, k1, k2, k3, k4)
-            is_new[0] = True
-            return <Py_ssize_t>slot
-        if _key_equals(table.keys + slot * KEY_WORDS, k0, k1, k2, k3, k4):
+        row = _row(table, slot)
+        key = _slot_key(row)
+        if _key_equals(key, k0, k1, k2, k3, marked):
             is_new[0] = False
             return <Py_ssize_t>slot
-        if table.time_s[slot] < oldest_time:
-            oldest_time = table.time_s[slot]
+        if not (key[4] & USED_BIT):
+            _store_key(key, k0, k1, k2, k3, marked)
+            is_new[0] = True
+            return <Py_ssize_t>slot
+        if row[SLOT_TIME] < oldest_time:
+            oldest_time = row[SLOT_TIME]
             oldest_slot = <Py_ssize_t>slot
     counters[table.evict_counter] += 1
-    _store_key(table.keys + oldest_slot * KEY_WORDS, k0, k1, k2, k3, k4)
+    _store_key(_slot_key(_row(table, <uint64_t>oldest_slot)), k0, k1, k2, k3, marked)
     is_new[0] = True
     return oldest_slot
 
 
-cdef Py_ssize_t _find(key_table* table, uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3,
+cdef Py_ssize_t _find(const key_table* table, uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3,
                       uint64_t k4) noexcept nogil:
     """Return the key's slot, or -1 if the table does not contain it."""
     cdef uint64_t start = _hash_key(k0, k1, k2, k3, k4) & table.mask
     cdef uint64_t slot
+    cdef uint64_t marked = k4 | USED_BIT
+    cdef const uint64_t* key
     cdef int probe
     for probe in range(MAX_PROBE):
         slot = (start + <uint64_t>probe) & table.mask
-        if not table.used[slot]:
-            return -1
-        if _key_equals(table.keys + slot * KEY_WORDS, k0, k1, k2, k3, k4):
+        key = _slot_key(_row(table, slot))
+        if _key_equals(key, k0, k1, k2, k3, marked):
             return <Py_ssize_t>slot
+        if not (key[4] & USED_BIT):
+            return -1
     return -1
 
 
-cdef inline void _prefetch_slot(const key_table* table, uint64_t slot, const double* stats,
-                                Py_ssize_t stats_row) noexcept nogil:
-    # The key's five words can straddle two cache lines; the stats row spans
-    # several. Prefetching the first probe slot covers most lookups while
-    # the table is below its capacity.
-    cdef const uint64_t* key = table.keys + slot * KEY_WORDS
-    cdef Py_ssize_t offset
-    WW_PREFETCH_WRITE(table.used + slot)
-    WW_PREFETCH_WRITE(table.time_s + slot)
-    if table.landmark_s != NULL:
-        WW_PREFETCH_WRITE(table.landmark_s + slot)
-    WW_PREFETCH_WRITE(key)
-    WW_PREFETCH_WRITE(key + KEY_WORDS - 1)
-    if stats != NULL:
-        stats = stats + slot * stats_row
-        offset = 0
-        while offset < stats_row:
-            WW_PREFETCH_WRITE(stats + offset)
-            offset += 8
-        WW_PREFETCH_WRITE(stats + stats_row - 1)
+cdef inline void _prefetch_slot(const key_table* table, uint64_t slot) noexcept nogil:
+    # The first probe slot covers most lookups while the table is below its
+    # capacity. Its lines are contiguous and 64-byte aligned.
+    cdef const double* row = _row(table, slot)
+    cdef Py_ssize_t offset = 0
+    while offset < table.row_words:
+        WW_PREFETCH_WRITE(row + offset)
+        offset += LINE_WORDS
 
 
 cdef inline void _prepare(
@@ -241,8 +279,6 @@ cdef inline void _prepare(
     const uint8_t[:, :] dst_addr, const uint16_t[:] src_port, const uint16_t[:] dst_port,
     const uint8_t[:] ip_proto, const uint8_t[:] tcp_flags, int64_t base_ns,
     const key_table* hosts, const key_table* pairs, const key_table* sockets, const key_table* services,
-    const double* host_base, const double* pair_base, const double* sock_base,
-    const double* host_last_sent, const double* last_seen, Py_ssize_t host_row, Py_ssize_t pair_row,
 ) noexcept nogil:
     """Compute packet i's keys and first probe slots, and prefetch those slots."""
     out.valid = ip_version[i] != 0 and status[i] <= 1
@@ -291,13 +327,11 @@ cdef inline void _prepare(
     out.socket_start = _hash_key(out.socket_key[0], out.socket_key[1], out.socket_key[2], out.socket_key[3],
                                  out.socket_key[4]) & sockets.mask
     out.service_start = _hash_key(s0, s1, d0, d1, out.service) & services.mask
-    _prefetch_slot(hosts, out.src_start, host_base, host_row)
-    WW_PREFETCH_WRITE(host_last_sent + out.src_start)
-    _prefetch_slot(hosts, out.dst_start, host_base, host_row)
-    _prefetch_slot(pairs, out.pair_start, pair_base, pair_row)
-    WW_PREFETCH_WRITE(last_seen + 2 * out.pair_start)
-    _prefetch_slot(sockets, out.socket_start, sock_base, pair_row)
-    _prefetch_slot(services, out.service_start, NULL, 0)
+    _prefetch_slot(hosts, out.src_start)
+    _prefetch_slot(hosts, out.dst_start)
+    _prefetch_slot(pairs, out.pair_start)
+    _prefetch_slot(sockets, out.socket_start)
+    _prefetch_slot(services, out.service_start)
 
 
 cdef inline const double* _growth(growth_cache* cache, const double* rates, const int* power_of_next,
@@ -431,6 +465,23 @@ cdef inline void _clear(double* stats, Py_ssize_t count) noexcept nogil:
         stats[j] = 0.0
 
 
+cdef int _check_table(str name, const double[:, ::1] rows, Py_ssize_t expected_words) except -1:
+    cdef Py_ssize_t capacity = rows.shape[0]
+    if rows.shape[1] != expected_words or capacity < MAX_PROBE or capacity & (capacity - 1):
+        raise ValueError(
+            f"invalid {name} table shape ({capacity}, {rows.shape[1]}): expected a power of two of at least "
+            f"{MAX_PROBE} rows of {expected_words} words"
+        )
+    return 0
+
+
+cdef void _open_table(key_table* table, double[:, ::1] rows, int evict_counter):
+    table.rows = &rows[0, 0]
+    table.row_words = rows.shape[1]
+    table.mask = <uint64_t>(rows.shape[0] - 1)
+    table.evict_counter = evict_counter
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def update_tables(
@@ -438,20 +489,14 @@ def update_tables(
     const uint8_t[:, :] src_addr, const uint8_t[:, :] dst_addr, const uint16_t[:] src_port,
     const uint16_t[:] dst_port, const uint8_t[:] ip_proto, const uint8_t[:] tcp_flags,
     int64_t base_ns, const double[::1] half_lives_s, const double[::1] decay_rates, double[::1] landmark,
-    uint64_t[:, ::1] host_keys, uint8_t[::1] host_used, double[::1] host_time, double[::1] host_last_sent,
-    double[:, :, ::1] host_stats, double[::1] host_landmark,
-    uint64_t[:, ::1] pair_keys, uint8_t[::1] pair_used, double[::1] pair_time, double[:, ::1] pair_last_seen,
-    double[:, :, ::1] pair_stats, double[::1] pair_landmark,
-    uint64_t[:, ::1] sock_keys, uint8_t[::1] sock_used, double[::1] sock_time, double[:, :, ::1] sock_stats,
-    double[::1] sock_landmark,
-    uint64_t[:, ::1] service_keys, uint8_t[::1] service_used, double[::1] service_time,
+    double[:, ::1] host_rows, double[:, ::1] pair_rows, double[:, ::1] sock_rows, double[:, ::1] service_rows,
     int64_t[::1] counters,
 ):
     """Add one batch of packets to the window tables, in packet order.
 
     landmark[0] is the tables' landmark time (seconds since base_ns); it
-    moves forward here before the stored sums grow too large. The
-    *_landmark arrays hold the landmark each key's sums are scaled to.
+    moves forward here before the stored sums grow too large. Each slot's
+    header holds the landmark its own sums are scaled to.
     """
     if half_lives_s.shape[0] > MAX_WINDOWS or decay_rates.shape[0] != half_lives_s.shape[0]:
         raise ValueError(
@@ -461,6 +506,10 @@ def update_tables(
     if landmark.shape[0] != 1:
         raise ValueError(f"invalid landmark: expected 1 value, got {landmark.shape[0]}")
     cdef int windows = <int>half_lives_s.shape[0]
+    _check_table("host", host_rows, row_words("host", windows))
+    _check_table("pair", pair_rows, row_words("pair", windows))
+    _check_table("socket", sock_rows, row_words("socket", windows))
+    _check_table("service", service_rows, row_words("service", windows))
     cdef int power_of_next[MAX_WINDOWS]
     cdef double fastest_rate = 0.0
     cdef double ratio
@@ -473,45 +522,20 @@ def update_tables(
             if 1.0 <= ratio <= 1024.0 and abs(ratio - round(ratio)) < 1e-9:
                 power_of_next[k] = <int>round(ratio)
     cdef Py_ssize_t count = ts_ns.shape[0]
-    cdef Py_ssize_t host_row = windows * HOST_FIELDS
-    cdef Py_ssize_t pair_row = windows * PAIR_FIELDS
+    cdef Py_ssize_t host_fields = windows * HOST_FIELDS
+    cdef Py_ssize_t pair_fields = windows * PAIR_FIELDS
+    # Where a pair row's last-seen times start.
+    cdef Py_ssize_t pair_extra = HEADER_WORDS + pair_fields
     cdef key_table hosts, pairs, sockets, services
-    hosts.keys = &host_keys[0, 0]
-    hosts.used = &host_used[0]
-    hosts.time_s = &host_time[0]
-    hosts.mask = <uint64_t>(host_keys.shape[0] - 1)
-    hosts.evict_counter = C_HOST_EVICTED
-    hosts.landmark_s = &host_landmark[0]
-    pairs.keys = &pair_keys[0, 0]
-    pairs.used = &pair_used[0]
-    pairs.time_s = &pair_time[0]
-    pairs.mask = <uint64_t>(pair_keys.shape[0] - 1)
-    pairs.evict_counter = C_PAIR_EVICTED
-    pairs.landmark_s = &pair_landmark[0]
-    sockets.keys = &sock_keys[0, 0]
-    sockets.used = &sock_used[0]
-    sockets.time_s = &sock_time[0]
-    sockets.mask = <uint64_t>(sock_keys.shape[0] - 1)
-    sockets.evict_counter = C_SOCKET_EVICTED
-    sockets.landmark_s = &sock_landmark[0]
-    services.keys = &service_keys[0, 0]
-    services.used = &service_used[0]
-    services.time_s = &service_time[0]
-    services.mask = <uint64_t>(service_keys.shape[0] - 1)
-    services.evict_counter = C_SERVICE_EVICTED
-    services.landmark_s = NULL
+    _open_table(&hosts, host_rows, C_HOST_EVICTED)
+    _open_table(&pairs, pair_rows, C_PAIR_EVICTED)
+    _open_table(&sockets, sock_rows, C_SOCKET_EVICTED)
+    _open_table(&services, service_rows, C_SERVICE_EVICTED)
 
-    cdef double* host_base = &host_stats[0, 0, 0]
-    cdef double* pair_base = &pair_stats[0, 0, 0]
-    cdef double* sock_base = &sock_stats[0, 0, 0]
-    cdef double* last_seen = &pair_last_seen[0, 0]
     cdef const double* rates = &decay_rates[0]
     cdef const double* half_lives = &half_lives_s[0]
     cdef int64_t* counter = &counters[0]
     cdef double landmark_s = landmark[0]
-    cdef double* host_key_landmark = &host_landmark[0]
-    cdef double* pair_key_landmark = &pair_landmark[0]
-    cdef double* sock_key_landmark = &sock_landmark[0]
     # The growth factors of keys on the shared landmark (one set per packet),
     # and of keys with a landmark of their own: one buffer per role, as the
     # source's factors are still used after the others are looked up.
@@ -522,16 +546,22 @@ def update_tables(
     pair_own.since_landmark_s = NAN
     socket_own.since_landmark_s = NAN
 
-    cdef Py_ssize_t i, ahead, src_slot, dst_slot, slot, src_slot_again
+    cdef Py_ssize_t i, ahead, src_slot, dst_slot, slot
     cdef int direction
-    cdef bint is_new, is_tcp, is_syn, has_gap
+    cdef bint is_new, is_tcp, is_syn, has_gap, src_kept
     cdef double now_s, size, gap_s, silence_s
     cdef uint64_t s0, s1, d0, d1, sport, dport, proto
     cdef uint8_t flags
+    cdef double* row
+    cdef double* src_row
+    cdef double* dst_row
     cdef double* stats
+    cdef double* src_stats
+    cdef double* dst_stats
     cdef const double* src_growth
     cdef const double* dst_growth
     cdef const double* growth
+    cdef const uint64_t* src_key
     cdef packet_keys ring[KEY_RING]
     cdef packet_keys* keys
 
@@ -553,8 +583,7 @@ def update_tables(
             if ahead < count:
                 _prepare(&ring[ahead & (KEY_RING - 1)], ahead, ts_ns, wirelen, ip_version, status,
                          src_addr, dst_addr, src_port, dst_port, ip_proto, tcp_flags, base_ns,
-                         &hosts, &pairs, &sockets, &services, host_base, pair_base, sock_base,
-                         &host_last_sent[0], last_seen, host_row, pair_row)
+                         &hosts, &pairs, &sockets, &services)
             i = ahead - LOOKAHEAD
             if i < 0:
                 continue
@@ -582,78 +611,82 @@ def update_tables(
 
             # Source host: size, inter-arrival time and connection attempts.
             src_slot = _find_or_insert(&hosts, keys.src_start, s0, s1, 0, 0, 0, counter, &is_new)
-            stats = host_base + src_slot * host_row
+            src_row = _row(&hosts, <uint64_t>src_slot)
+            src_stats = src_row + HEADER_WORDS
             if is_new:
-                _clear(stats, host_row)
-                host_last_sent[src_slot] = NAN
-            src_growth = _key_growth(stats, &host_time[src_slot], host_key_landmark + src_slot, is_new, now_s,
+                _clear(src_stats, host_fields)
+                src_row[SLOT_AUX] = NAN
+            src_growth = _key_growth(src_stats, &src_row[SLOT_TIME], &src_row[SLOT_LANDMARK], is_new, now_s,
                                      landmark_s, windows, HOST_FIELDS, False, rates, power_of_next,
                                      fastest_rate, &packet_growth, &src_own)
-            gap_s = now_s - host_last_sent[src_slot]
+            gap_s = now_s - src_row[SLOT_AUX]
             has_gap = gap_s == gap_s
             if has_gap and gap_s < 0.0:
                 gap_s = 0.0
             is_syn = is_tcp and (flags & TCP_SYN) != 0 and (flags & TCP_ACK) == 0
             for k in range(windows):
-                stats[k * HOST_FIELDS + H_W] += src_growth[k]
-                stats[k * HOST_FIELDS + H_LS] += size * src_growth[k]
-                stats[k * HOST_FIELDS + H_SS] += size * size * src_growth[k]
+                src_stats[k * HOST_FIELDS + H_W] += src_growth[k]
+                src_stats[k * HOST_FIELDS + H_LS] += size * src_growth[k]
+                src_stats[k * HOST_FIELDS + H_SS] += size * size * src_growth[k]
                 if has_gap:
-                    stats[k * HOST_FIELDS + H_IW] += src_growth[k]
-                    stats[k * HOST_FIELDS + H_ILS] += gap_s * src_growth[k]
-                    stats[k * HOST_FIELDS + H_ISS] += gap_s * gap_s * src_growth[k]
+                    src_stats[k * HOST_FIELDS + H_IW] += src_growth[k]
+                    src_stats[k * HOST_FIELDS + H_ILS] += gap_s * src_growth[k]
+                    src_stats[k * HOST_FIELDS + H_ISS] += gap_s * gap_s * src_growth[k]
                 if is_syn:
-                    stats[k * HOST_FIELDS + H_SYN] += src_growth[k]
-            host_last_sent[src_slot] = now_s
+                    src_stats[k * HOST_FIELDS + H_SYN] += src_growth[k]
+            src_row[SLOT_AUX] = now_s
 
             # Destination host: fan-in and SYN-ACKs received. Looked up after
             # the source, so an eviction here cannot reuse the source's slot
             # before its update above is complete.
             dst_slot = _find_or_insert(&hosts, keys.dst_start, d0, d1, 0, 0, 0, counter, &is_new)
-            stats = host_base + dst_slot * host_row
+            dst_row = _row(&hosts, <uint64_t>dst_slot)
+            dst_stats = dst_row + HEADER_WORDS
             if is_new:
-                _clear(stats, host_row)
-                host_last_sent[dst_slot] = NAN
-            dst_growth = _key_growth(stats, &host_time[dst_slot], host_key_landmark + dst_slot, is_new, now_s,
+                _clear(dst_stats, host_fields)
+                dst_row[SLOT_AUX] = NAN
+            dst_growth = _key_growth(dst_stats, &dst_row[SLOT_TIME], &dst_row[SLOT_LANDMARK], is_new, now_s,
                                      landmark_s, windows, HOST_FIELDS, False, rates, power_of_next,
                                      fastest_rate, &packet_growth, &dst_own)
             if is_tcp and (flags & TCP_SYN) != 0 and (flags & TCP_ACK) != 0:
                 for k in range(windows):
-                    stats[k * HOST_FIELDS + H_SYNACK] += dst_growth[k]
+                    dst_stats[k * HOST_FIELDS + H_SYNACK] += dst_growth[k]
+            # The destination lookup may have evicted the source: then there
+            # is nothing left to credit with fan-out below.
+            src_key = _slot_key(src_row)
+            src_kept = src_key[0] == s0 and src_key[1] == s1
 
             # Host pair, canonical order: direction 0 when the lower address sends.
             direction = keys.pair_direction
             slot = _find_or_insert(&pairs, keys.pair_start, keys.pair_key[0], keys.pair_key[1],
                                    keys.pair_key[2], keys.pair_key[3], 0, counter, &is_new)
-            stats = pair_base + slot * pair_row
+            row = _row(&pairs, <uint64_t>slot)
+            stats = row + HEADER_WORDS
             if is_new:
-                _clear(stats, pair_row)
-                last_seen[2 * slot] = -INFINITY
-                last_seen[2 * slot + 1] = -INFINITY
-            growth = _key_growth(stats, &pair_time[slot], pair_key_landmark + slot, is_new, now_s, landmark_s,
+                _clear(stats, pair_fields)
+                row[pair_extra] = -INFINITY
+                row[pair_extra + 1] = -INFINITY
+            growth = _key_growth(stats, &row[SLOT_TIME], &row[SLOT_LANDMARK], is_new, now_s, landmark_s,
                                  windows, PAIR_FIELDS, True, rates, power_of_next, fastest_rate,
                                  &packet_growth, &pair_own)
-            silence_s = now_s - last_seen[2 * slot + direction]
-            last_seen[2 * slot + direction] = now_s
-            src_slot_again = src_slot
-            if host_keys[src_slot, 0] != s0 or host_keys[src_slot, 1] != s1:
-                # The destination lookup evicted the source: nothing to credit.
-                src_slot_again = -1
+            silence_s = now_s - row[pair_extra + direction]
+            row[pair_extra + direction] = now_s
             for k in range(windows):
                 _add_directional(stats + k * PAIR_FIELDS, direction, size, growth[k])
                 if silence_s > half_lives[k]:
-                    if src_slot_again >= 0:
-                        host_base[src_slot_again * host_row + k * HOST_FIELDS + H_FAN_HOSTS] += src_growth[k]
-                    host_base[dst_slot * host_row + k * HOST_FIELDS + H_FANIN] += dst_growth[k]
+                    if src_kept:
+                        src_stats[k * HOST_FIELDS + H_FAN_HOSTS] += src_growth[k]
+                    dst_stats[k * HOST_FIELDS + H_FANIN] += dst_growth[k]
 
             # Socket pair, canonical by (address, port).
             direction = keys.socket_direction
             slot = _find_or_insert(&sockets, keys.socket_start, keys.socket_key[0], keys.socket_key[1],
                                    keys.socket_key[2], keys.socket_key[3], keys.socket_key[4], counter, &is_new)
-            stats = sock_base + slot * pair_row
+            row = _row(&sockets, <uint64_t>slot)
+            stats = row + HEADER_WORDS
             if is_new:
-                _clear(stats, pair_row)
-            growth = _key_growth(stats, &sock_time[slot], sock_key_landmark + slot, is_new, now_s, landmark_s,
+                _clear(stats, pair_fields)
+            growth = _key_growth(stats, &row[SLOT_TIME], &row[SLOT_LANDMARK], is_new, now_s, landmark_s,
                                  windows, PAIR_FIELDS, True, rates, power_of_next, fastest_rate,
                                  &packet_growth, &socket_own)
             for k in range(windows):
@@ -661,16 +694,18 @@ def update_tables(
 
             # Service: (source, destination, destination port, protocol).
             slot = _find_or_insert(&services, keys.service_start, s0, s1, d0, d1, keys.service, counter, &is_new)
+            row = _row(&services, <uint64_t>slot)
             if is_new:
                 silence_s = INFINITY
+                row[SLOT_TIME] = now_s
             else:
-                silence_s = now_s - service_time[slot]
-            if now_s > service_time[slot]:
-                service_time[slot] = now_s
-            if src_slot_again >= 0:
+                silence_s = now_s - row[SLOT_TIME]
+                if now_s > row[SLOT_TIME]:
+                    row[SLOT_TIME] = now_s
+            if src_kept:
                 for k in range(windows):
                     if silence_s > half_lives[k]:
-                        host_base[src_slot_again * host_row + k * HOST_FIELDS + H_FAN_PORTS] += src_growth[k]
+                        src_stats[k * HOST_FIELDS + H_FAN_PORTS] += src_growth[k]
     landmark[0] = landmark_s
 
 
@@ -731,12 +766,7 @@ def query_tables(
     const uint8_t[:, :] src_addr, const uint8_t[:, :] dst_addr, const uint64_t[:] src_port,
     const uint64_t[:] dst_port, const uint64_t[:] protocol, const int64_t[:] at_ns,
     int64_t base_ns, const double[::1] decay_rates,
-    uint64_t[:, ::1] host_keys, uint8_t[::1] host_used, double[::1] host_time, double[:, :, ::1] host_stats,
-    const double[::1] host_landmark,
-    uint64_t[:, ::1] pair_keys, uint8_t[::1] pair_used, double[::1] pair_time, double[:, :, ::1] pair_stats,
-    const double[::1] pair_landmark,
-    uint64_t[:, ::1] sock_keys, uint8_t[::1] sock_used, double[::1] sock_time, double[:, :, ::1] sock_stats,
-    const double[::1] sock_landmark,
+    double[:, ::1] host_rows, double[:, ::1] pair_rows, double[:, ::1] sock_rows,
     double[:, :] out, Py_ssize_t first_column,
 ):
     """Write the window features of each (source, destination, ports, protocol) row into out.
@@ -744,34 +774,24 @@ def query_tables(
     Weights and counts are decayed to at_ns; keys not in a table read 0.
     """
     cdef int windows = <int>decay_rates.shape[0]
+    _check_table("host", host_rows, row_words("host", windows))
+    _check_table("pair", pair_rows, row_words("pair", windows))
+    _check_table("socket", sock_rows, row_words("socket", windows))
     cdef Py_ssize_t rows = src_addr.shape[0]
-    cdef Py_ssize_t host_row = windows * HOST_FIELDS
-    cdef Py_ssize_t pair_row = windows * PAIR_FIELDS
     cdef key_table hosts, pairs, sockets
-    hosts.keys = &host_keys[0, 0]
-    hosts.used = &host_used[0]
-    hosts.time_s = &host_time[0]
-    hosts.mask = <uint64_t>(host_keys.shape[0] - 1)
-    pairs.keys = &pair_keys[0, 0]
-    pairs.used = &pair_used[0]
-    pairs.time_s = &pair_time[0]
-    pairs.mask = <uint64_t>(pair_keys.shape[0] - 1)
-    sockets.keys = &sock_keys[0, 0]
-    sockets.used = &sock_used[0]
-    sockets.time_s = &sock_time[0]
-    sockets.mask = <uint64_t>(sock_keys.shape[0] - 1)
-    hosts.landmark_s = NULL
-    pairs.landmark_s = NULL
-    sockets.landmark_s = NULL
-    cdef const double* host_base = &host_stats[0, 0, 0]
-    cdef const double* pair_base = &pair_stats[0, 0, 0]
-    cdef const double* sock_base = &sock_stats[0, 0, 0]
+    _open_table(&hosts, host_rows, C_HOST_EVICTED)
+    _open_table(&pairs, pair_rows, C_PAIR_EVICTED)
+    _open_table(&sockets, sock_rows, C_SOCKET_EVICTED)
 
     cdef Py_ssize_t i, c, column, src_slot, dst_slot, pair_slot, sock_slot
     cdef int j, k, pair_direction, sock_direction
     cdef double now_s, rate, factor, w, iw, syn, ratio
     cdef uint64_t s0, s1, d0, d1, sport, dport, proto, ports
     cdef const double* stats
+    cdef const double* src_row = NULL
+    cdef const double* dst_row = NULL
+    cdef const double* pair_row = NULL
+    cdef const double* sock_row = NULL
 
     with nogil:
         for i in range(rows):
@@ -800,13 +820,21 @@ def query_tables(
                 sock_direction = 1
                 ports = (dport << 24) | (sport << 8) | proto
                 sock_slot = _find(&sockets, d0, d1, s0, s1, ports)
+            if src_slot >= 0:
+                src_row = _row(&hosts, <uint64_t>src_slot)
+            if dst_slot >= 0:
+                dst_row = _row(&hosts, <uint64_t>dst_slot)
+            if pair_slot >= 0:
+                pair_row = _row(&pairs, <uint64_t>pair_slot)
+            if sock_slot >= 0:
+                sock_row = _row(&sockets, <uint64_t>sock_slot)
 
             for k in range(windows):
                 column = first_column + k * OUT_PER_WINDOW
                 rate = decay_rates[k]
                 if src_slot >= 0:
-                    factor = _decay_factor(rate, now_s, host_time[src_slot], host_landmark[src_slot])
-                    stats = host_base + src_slot * host_row + k * HOST_FIELDS
+                    factor = _decay_factor(rate, now_s, src_row[SLOT_TIME], src_row[SLOT_LANDMARK])
+                    stats = src_row + HEADER_WORDS + k * HOST_FIELDS
                     w = stats[H_W]
                     iw = stats[H_IW]
                     out[i, column + OUT_SRC_HOST + 0] = w * factor
@@ -822,13 +850,13 @@ def query_tables(
                         ratio = 1.0 - stats[H_SYNACK] / syn
                         out[i, column + OUT_FAN + 4] = min(max(ratio, 0.0), 1.0)
                 if dst_slot >= 0:
-                    factor = _decay_factor(rate, now_s, host_time[dst_slot], host_landmark[dst_slot])
-                    out[i, column + OUT_FAN + 2] = host_base[dst_slot * host_row + k * HOST_FIELDS + H_FANIN] * factor
+                    factor = _decay_factor(rate, now_s, dst_row[SLOT_TIME], dst_row[SLOT_LANDMARK])
+                    out[i, column + OUT_FAN + 2] = dst_row[HEADER_WORDS + k * HOST_FIELDS + H_FANIN] * factor
                 if pair_slot >= 0:
-                    factor = _decay_factor(rate, now_s, pair_time[pair_slot], pair_landmark[pair_slot])
-                    _write_directional(out, i, column + OUT_PAIR, pair_base + pair_slot * pair_row + k * PAIR_FIELDS,
+                    factor = _decay_factor(rate, now_s, pair_row[SLOT_TIME], pair_row[SLOT_LANDMARK])
+                    _write_directional(out, i, column + OUT_PAIR, pair_row + HEADER_WORDS + k * PAIR_FIELDS,
                                        pair_direction, factor)
                 if sock_slot >= 0:
-                    factor = _decay_factor(rate, now_s, sock_time[sock_slot], sock_landmark[sock_slot])
-                    _write_directional(out, i, column + OUT_SOCKET, sock_base + sock_slot * pair_row + k * PAIR_FIELDS,
+                    factor = _decay_factor(rate, now_s, sock_row[SLOT_TIME], sock_row[SLOT_LANDMARK])
+                    _write_directional(out, i, column + OUT_SOCKET, sock_row + HEADER_WORDS + k * PAIR_FIELDS,
                                        sock_direction, factor)

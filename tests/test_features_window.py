@@ -319,6 +319,32 @@ def test_window_time_going_backwards():
         assert features[column + 3] == pytest.approx(0.0)
 
 
+def test_service_seen_before_base_time():
+    # The table's base time is the first packet's. A service first seen
+    # 0.5 s before it (a capture whose clock steps back) must remember that
+    # time: its next packet 0.4 s later is a new fan-out port for the 0.1 s
+    # half-life only. A slot that kept its zeroed time read a negative
+    # silence and never counted.
+    rows = [
+        (1.0, 1, 2, 1000, 80, UDP, 100, 0),
+        (0.5, 1, 3, 1000, 80, UDP, 100, 0),
+        (0.9, 1, 3, 1000, 80, UDP, 100, 0),
+    ]
+    windows = WindowFeatures(capacity=64)
+    windows.update(make_packets(rows))
+    features = query_one(windows, 1, 3, 1000, 80, UDP, 1.0)
+    stems = [stem for stem, _unit, _meaning in WINDOW_STEMS]
+    column = stems.index("src_fanout_ports")
+    counted = []
+    for k, half_life_s in enumerate(HALF_LIVES_S):
+        expected = reference_features(rows, 1, 3, 1000, 80, UDP, 1.0, half_life_s)["src_fanout_ports"]
+        assert features[k * OUT_PER_WINDOW + column] == pytest.approx(expected, rel=1e-9), half_life_s
+        counted.append(expected)
+    # Three new ports at 0.1 s (the third after 0.4 s of silence), two at 1 s.
+    assert counted[0] == pytest.approx(1.0 + 2 ** (-5.0) + 2 ** (-1.0))
+    assert counted[1] == pytest.approx(1.0 + 2 ** (-0.5))
+
+
 @pytest.mark.parametrize("seed", [6, 7])
 def test_window_reordered_input_matches_sorted(seed):
     # Packets shuffled within 2 s, as a SPAN of several ports or merged

@@ -27,7 +27,8 @@ least exp(-300) of its weight in each half-life, not less: a difference
 far below float64 precision next to the key's newer packets.
 
 Four open-addressing tables hold the state, each with a fixed capacity (a
-power of two) and fixed-width keys of five uint64 words:
+power of two) and fixed-width keys of five uint64 words, stored with the
+key's statistics in one row per slot (see HEADER_WORDS):
 
   hosts     one IP address (words 0-1), as source and as destination
   pairs     two addresses in canonical order, lower first (words 0-3)
@@ -49,14 +50,21 @@ zero inter-arrival gap.
 """
 
 from engine._native import windowfeatures
-from engine._native.windowfeatures import query_tables, update_tables
+from engine._native.windowfeatures import query_tables, row_words, update_tables
 
-__all__ = ["query_tables", "update_tables"]
+__all__ = ["query_tables", "row_words", "update_tables"]
 
 MAX_PROBE = 8
 KEY_WORDS = 5
+# A slot is one row of its table's float64 array. The header holds the key
+# (words 0-4, read as uint64; the top bit of word 4 marks a used slot), the
+# last activity time, the landmark of the slot's sums and a host's last
+# send time. The statistics [half-life, field] follow. Pair rows end with
+# the last packet time per direction. Rows are padded to whole 64-byte
+# lines, and row_words gives the width.
+HEADER_WORDS = 8
 
-# Host statistics per half-life (last axis of host_stats).
+# Host statistics per half-life (after the slot header).
 H_W = 0  # damped packets sent
 H_LS = 1  # damped sum of sent wire sizes, bytes
 H_SS = 2  # damped sum of squared sizes
@@ -115,6 +123,7 @@ def _check_layout() -> None:
     expected = {
         "MAX_PROBE": MAX_PROBE, "KEY_WORDS": KEY_WORDS, "HOST_FIELDS": HOST_FIELDS,
         "PAIR_FIELDS": PAIR_FIELDS, "OUT_PER_WINDOW": OUT_PER_WINDOW, "MAX_WINDOWS": MAX_WINDOWS,
+        "HEADER_WORDS": HEADER_WORDS,
     }
     if windowfeatures.LAYOUT != expected:
         raise ImportError(

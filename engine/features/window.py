@@ -31,11 +31,17 @@ def _check_capacity(name: str, value: int) -> int:
     return int(value)
 
 
-def _resident_zeros(shape, dtype=np.float64) -> np.ndarray:
-    """Return a zeroed array whose pages are already mapped."""
-    array = np.empty(shape, dtype=dtype)
-    array.fill(0)
-    return array
+def _slot_rows(capacity: int, words: int) -> np.ndarray:
+    """Return zeroed float64 slot rows [capacity, words], 64-byte aligned, with their pages mapped.
+
+    A row is a whole number of cache lines, so with the start aligned no
+    slot straddles a line it does not own.
+    """
+    line_words = 64 // 8
+    buffer = np.empty(capacity * words + line_words, dtype=np.float64)
+    buffer.fill(0)
+    skip = (-buffer.ctypes.data % 64) // 8
+    return buffer[skip:skip + capacity * words].reshape(capacity, words)
 
 
 class WindowFeatures:
@@ -45,8 +51,8 @@ class WindowFeatures:
     pairs and services each have their own table of that size). A new key
     that finds all MAX_PROBE slots of its probe window taken evicts the
     least recently active of them; `counters` counts the evictions per
-    table. Memory is about 1,170 bytes per capacity unit with the four
-    default half-lives, so the default 65536 takes about 77 MB.
+    table. Memory is 1,280 bytes per capacity unit with the four
+    default half-lives, so the default 65536 takes about 84 MB.
     """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, half_lives_s=HALF_LIVES_S):
@@ -54,7 +60,7 @@ class WindowFeatures:
         # to fault in. A new key lands on a random slot, so a lazily mapped
         # table paid a page fault for most of its first keys, and a fresh
         # table's first pass ran 2-4x slower than later ones. The cost moves
-        # to start-up: about 77 MB to write at the default capacity.
+        # to start-up: about 84 MB to write at the default capacity.
         capacity = _check_capacity("capacity", capacity)
         half_lives = np.asarray(half_lives_s, dtype=np.float64)
         if half_lives.ndim != 1 or half_lives.size == 0 or not np.all(half_lives > 0):
@@ -67,31 +73,10 @@ class WindowFeatures:
         self.half_lives_s = half_lives
         self.decay_rates = math.log(2.0) / half_lives
         windows = half_lives.size
-        words = kernels.KEY_WORDS
-
-        self.host_keys = _resident_zeros((capacity, words), dtype=np.uint64)
-        self.host_used = _resident_zeros(capacity, dtype=np.uint8)
-        self.host_time = _resident_zeros(capacity, dtype=np.float64)
-        self.host_last_sent = np.full(capacity, np.nan)
-        self.host_stats = _resident_zeros((capacity, windows, kernels.HOST_FIELDS))
-        self.host_landmark = _resident_zeros(capacity, dtype=np.float64)
-
-        self.pair_keys = _resident_zeros((capacity, words), dtype=np.uint64)
-        self.pair_used = _resident_zeros(capacity, dtype=np.uint8)
-        self.pair_time = _resident_zeros(capacity, dtype=np.float64)
-        self.pair_last_seen = np.full((capacity, 2), -np.inf)
-        self.pair_stats = _resident_zeros((capacity, windows, kernels.PAIR_FIELDS))
-        self.pair_landmark = _resident_zeros(capacity, dtype=np.float64)
-
-        self.sock_keys = _resident_zeros((capacity, words), dtype=np.uint64)
-        self.sock_used = _resident_zeros(capacity, dtype=np.uint8)
-        self.sock_time = _resident_zeros(capacity, dtype=np.float64)
-        self.sock_stats = _resident_zeros((capacity, windows, kernels.PAIR_FIELDS))
-        self.sock_landmark = _resident_zeros(capacity, dtype=np.float64)
-
-        self.service_keys = _resident_zeros((capacity, words), dtype=np.uint64)
-        self.service_used = _resident_zeros(capacity, dtype=np.uint8)
-        self.service_time = _resident_zeros(capacity, dtype=np.float64)
+        self.host_rows = _slot_rows(capacity, kernels.row_words("host", windows))
+        self.pair_rows = _slot_rows(capacity, kernels.row_words("pair", windows))
+        self.sock_rows = _slot_rows(capacity, kernels.row_words("socket", windows))
+        self.service_rows = _slot_rows(capacity, kernels.row_words("service", windows))
 
         self.counters = np.zeros(len(kernels.COUNTER_NAMES), dtype=np.int64)
         self.base_ns: int | None = None
@@ -128,13 +113,7 @@ class WindowFeatures:
             packets["src_addr"], packets["dst_addr"], packets["src_port"], packets["dst_port"],
             packets["ip_proto"], packets["tcp_flags"],
             np.int64(self.base_ns), self.half_lives_s, self.decay_rates, self.landmark,
-            self.host_keys, self.host_used, self.host_time, self.host_last_sent, self.host_stats,
-            self.host_landmark,
-            self.pair_keys, self.pair_used, self.pair_time, self.pair_last_seen, self.pair_stats,
-            self.pair_landmark,
-            self.sock_keys, self.sock_used, self.sock_time, self.sock_stats, self.sock_landmark,
-            self.service_keys, self.service_used, self.service_time,
-            self.counters,
+            self.host_rows, self.pair_rows, self.sock_rows, self.service_rows, self.counters,
         )
         self._log_evictions()
 
@@ -182,9 +161,6 @@ class WindowFeatures:
             np.asarray(src_port).astype(np.uint64), np.asarray(dst_port).astype(np.uint64),
             np.asarray(protocol).astype(np.uint64), np.asarray(at_ns, dtype=np.int64),
             np.int64(base_ns), self.decay_rates,
-            self.host_keys, self.host_used, self.host_time, self.host_stats, self.host_landmark,
-            self.pair_keys, self.pair_used, self.pair_time, self.pair_stats, self.pair_landmark,
-            self.sock_keys, self.sock_used, self.sock_time, self.sock_stats, self.sock_landmark,
-            out, first_column,
+            self.host_rows, self.pair_rows, self.sock_rows, out, first_column,
         )
         return out
