@@ -283,3 +283,42 @@ def test_bus_command_and_release(conn):
         subscriber.close()
         publisher.close()
         context.term()
+
+
+@pytest.mark.parametrize("action", [
+    {"type": "bus_command", "command": "block", "timeout_s": 30},
+    {"type": "escalate"},
+])
+def test_command_stored_before_publish(tmp_path, action):
+    # An enforcer that looks a command up in the store on receipt must find
+    # it. The publisher below is the real one; its send first reads the
+    # store through a second connection, as an enforcer process would.
+    store_path = tmp_path / "store.db"
+    context = zmq.Context()
+    publisher = CommandPublisher("tcp://127.0.0.1:*", context)
+    found_at_send = []
+    publish = publisher.send
+
+    def send_after_lookup(command, body):
+        with closing(open_store(store_path, read_only=True)) as other:
+            found_at_send.append(records.get_action(other, body["id"]))
+        return publish(command, body)
+
+    publisher.send = send_after_lookup
+    try:
+        with closing(open_store(store_path)) as conn:
+            playbook = parse_playbook({"rules": [{"categories": ["bruteforce"], "actions": [action]}]})
+            responder = Responder(playbook, conn, dry_run=False, commands=publisher, actor="tester",
+                                  clock=FakeClock())
+            [record] = responder.handle(alert())
+            stored = records.get_action(conn, record.id)
+    finally:
+        publisher.close()
+        context.term()
+    [seen] = found_at_send
+    assert seen is not None
+    assert seen.id == record.id
+    assert seen.action == record.action
+    # The outcome (delivery) is stored afterwards, on the same row.
+    assert stored.status == record.status
+    assert stored.detail == record.detail

@@ -146,10 +146,11 @@ def test_undo_releases_enforcer_measure(tmp_path, context, enforcer):
         assert topic == "command.block"
         assert command["subject"] == SOURCE_IP
         assert command["timeout_s"] == 600
-        # The responder records the action just after publishing it.
-        assert wait_until(lambda: len(runner.applied()) == 1)
+        # The responder stores the action before it publishes the command,
+        # so an enforcer can look it up as soon as the command arrives.
         [applied] = runner.applied()
         assert command["id"] == applied.id
+        assert applied.detail["command"] == "block"
 
         result = run_undo(runner.store_path, applied.id, wait_s=10)
         assert result.exit_code == 0, result.output

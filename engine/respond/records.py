@@ -115,6 +115,16 @@ def insert_action(conn: sqlite3.Connection, record: ActionRecord) -> None:
     )
 
 
+def update_outcome(conn: sqlite3.Connection, record: ActionRecord) -> None:
+    """Store the status, expiry and detail of a record inserted before its action ran."""
+    if record.status not in STATUSES:
+        raise ValueError(f"invalid action status {record.status!r}; expected one of {', '.join(STATUSES)}")
+    conn.execute(
+        "UPDATE response_actions SET status = ?, expires_at = ?, detail = ? WHERE id = ?",
+        (record.status, record.expires_at, json.dumps(record.detail, sort_keys=True), record.id),
+    )
+
+
 def _from_row(row: sqlite3.Row) -> ActionRecord:
     values = dict(row)
     values["dry_run"] = bool(values["dry_run"])

@@ -25,6 +25,8 @@ import sqlite3
 import time
 from typing import Callable
 
+import zmq
+
 from engine.alerts.schema import Alert, Endpoint
 from engine.privacy import DOCUMENTATION_PREFIX
 from engine.respond import records
@@ -107,6 +109,10 @@ class Responder:
         self._active: dict[tuple[str, str], float] = {}
         self._notified: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self._escalated: dict[str, float] = {}
+        # Ids of records stored before their command was published; handle()
+        # updates them instead of inserting. At most one id is in it between
+        # an action and its storing.
+        self._stored_first: set[str] = set()
         # Ids of pending releases whose `waiting` reason is already stored,
         # so it is written once, not on every sweep. Pruned to the pending
         # releases on each sweep, which MAX_RELEASES_PER_QUERY bounds.
@@ -139,7 +145,11 @@ class Responder:
             for index, action in enumerate(rule.actions):
                 record = self._run_action(alert, rule, index, action, now)
                 if record is not None:
-                    records.insert_action(self.conn, record)
+                    if record.id in self._stored_first:
+                        self._stored_first.discard(record.id)
+                        records.update_outcome(self.conn, record)
+                    else:
+                        records.insert_action(self.conn, record)
                     stored.append(record)
                     self.counters[f"status_{record.status}"] += 1
                     self._log(record)
@@ -264,13 +274,21 @@ class Responder:
                     raise OSError("no command bus; start the responder with --command-bind ENDPOINT")
                 body = self._command_body(record, action.command,
                                           timeout_s if action.command != "notify" else None)
-                self.commands.send(action.command, body)
                 record.detail["command"] = action.command
-        except (NftError, OSError, ValueError) as error:
+                self._store_before_publish(record)
+                self.commands.send(action.command, body)
+        except (NftError, OSError, ValueError, zmq.ZMQError) as error:
             record.status = "failed"
             record.expires_at = None
             record.detail["error"] = str(error)
         return record
+
+    def _store_before_publish(self, record: ActionRecord) -> None:
+        # An enforcer or dashboard that receives a command may look it up in
+        # the store at once, so the record exists before the command is sent.
+        # handle() stores the outcome (failure, delivery) afterwards.
+        records.insert_action(self.conn, record)
+        self._stored_first.add(record.id)
 
     def _escalate(self, alert: Alert, rule: Rule, subject: str | None, endpoint: Endpoint, now: float,
                   reason_text: str, refused_action: str | None = None) -> ActionRecord | None:
@@ -288,7 +306,9 @@ class Responder:
             return record
         delivered = []
         if self.commands is not None:
-            self.commands.send("escalate", self._command_body(record, "escalate", None))
+            body = self._command_body(record, "escalate", None)
+            self._store_before_publish(record)
+            self.commands.send("escalate", body)
             delivered.append("bus")
         if self.playbook.escalation_webhook:
             try:
