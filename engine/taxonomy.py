@@ -54,10 +54,11 @@ ATTACK_CLASSES: dict[str, AttackClass] = {
     "cleartext_credentials": AttackClass("cleartext_credentials", "T1040", "Network Sniffing", "credential_access"),
 }
 
-# Alert categories that no attack class has: the anomaly score's and the
-# passive findings' (engine/policy/findings.py).
+# Alert categories that no attack class has: the anomaly score's, the
+# passive findings' (engine/policy/findings.py) and the exploit checks'
+# (engine/policy/exploits.py).
 OTHER_ALERT_CATEGORIES = ("anomaly", "cleartext_patient_data", "weak_tls", "smbv1", "mqtt_no_auth",
-                          "vulnerable_software")
+                          "vulnerable_software", "exploit_attempt")
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 

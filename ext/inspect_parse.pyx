@@ -293,6 +293,212 @@ def parse_dns(bytes initiator not None, bytes responder not None, dict fields no
         raise Truncated("DNS message cut by the capture")
 
 
+# --- Log4Shell JNDI lookups (engine.inspect.jndi) ------------------------------
+
+cdef enum: MAX_LOOKUP_DEPTH = 8     # jndi.MAX_LOOKUP_DEPTH
+cdef enum: MAX_LOOKUP_BYTES = 512   # jndi.MAX_LOOKUP_BYTES
+cdef enum: MAX_LOOKUPS = 16         # jndi.MAX_LOOKUPS, per line
+cdef enum: MAX_DECODE_ROUNDS = 2    # jndi.MAX_DECODE_ROUNDS
+LIMITS["jndi.MAX_LOOKUP_DEPTH"] = MAX_LOOKUP_DEPTH
+LIMITS["jndi.MAX_LOOKUP_BYTES"] = MAX_LOOKUP_BYTES
+LIMITS["jndi.MAX_LOOKUPS"] = MAX_LOOKUPS
+LIMITS["jndi.MAX_DECODE_ROUNDS"] = MAX_DECODE_ROUNDS
+
+
+cdef struct lookup_text:
+    # A resolved lookup body, cut at MAX_LOOKUP_BYTES; length -1 means none.
+    uint8_t data[MAX_LOOKUP_BYTES]
+    Py_ssize_t length
+
+
+cdef inline uint8_t _ascii_lower(uint8_t byte) noexcept nogil:
+    return byte + 0x20 if 0x41 <= byte <= 0x5A else byte
+
+
+cdef inline uint8_t _ascii_upper(uint8_t byte) noexcept nogil:
+    return byte - 0x20 if 0x61 <= byte <= 0x7A else byte
+
+
+cdef void _lookup_value(const uint8_t* body, Py_ssize_t length, lookup_text* out) noexcept nogil:
+    """Write what Log4j substitutes for a nested lookup with this body (jndi.lookup_value)."""
+    cdef Py_ssize_t i
+    out.length = 0
+    for i in range(length - 1):
+        if body[i] == 0x3A and body[i + 1] == 0x2D:  # ":-" starts the default value
+            out.length = length - i - 2
+            memcpy(out.data, body + i + 2, out.length)
+            return
+    if length >= 6 and _equal_lower(body, 6, b"lower:"):
+        for i in range(6, length):
+            out.data[i - 6] = _ascii_lower(body[i])
+        out.length = length - 6
+    elif length >= 6 and _equal_lower(body, 6, b"upper:"):
+        for i in range(6, length):
+            out.data[i - 6] = _ascii_upper(body[i])
+        out.length = length - 6
+    elif length >= 5 and _equal_lower(body, 5, b"date:"):
+        for i in range(5, length):
+            if body[i] != 0x27:  # quotes around a date-format literal
+                out.data[out.length] = body[i]
+                out.length += 1
+
+
+cdef Py_ssize_t _resolve_lookup(const uint8_t* text, Py_ssize_t length, Py_ssize_t position, int depth,
+                                lookup_text* body, Py_ssize_t* nested, lookup_text* jndi) noexcept nogil:
+    """Resolve the lookup whose body starts at `position` (jndi._resolve); return the end position.
+
+    `jndi` keeps the first body in this lookup or its nested ones that
+    starts with `jndi:`, so callers set its length to -1 before the call.
+    Recursion is bounded by MAX_LOOKUP_DEPTH, about 1 KiB of stack a level.
+    """
+    cdef lookup_text inner, value
+    cdef Py_ssize_t inner_nested, count
+    cdef uint8_t byte
+    body.length = 0
+    while position < length:
+        byte = text[position]
+        if byte == 0x24 and depth < MAX_LOOKUP_DEPTH and position + 1 < length and text[position + 1] == 0x7B:
+            inner_nested = 0
+            position = _resolve_lookup(text, length, position + 2, depth + 1, &inner, &inner_nested, jndi)
+            nested[0] += 1 + inner_nested
+            _lookup_value(inner.data, inner.length, &value)
+            count = value.length
+            if count > MAX_LOOKUP_BYTES - body.length:
+                count = MAX_LOOKUP_BYTES - body.length
+            memcpy(body.data + body.length, value.data, count)
+            body.length += count
+            continue
+        position += 1
+        if byte == 0x7D:  # '}'
+            break
+        if body.length < MAX_LOOKUP_BYTES:
+            body.data[body.length] = byte
+            body.length += 1
+    if jndi.length < 0 and body.length >= 5 and _equal_lower(body.data, 5, b"jndi:"):
+        memcpy(jndi.data, body.data, body.length)
+        jndi.length = body.length
+    return position
+
+
+cdef Py_ssize_t _find_lookup_start(const uint8_t* text, Py_ssize_t position, Py_ssize_t length) noexcept nogil:
+    """Return the position of the next "${" at or after `position`, or -1."""
+    cdef const uint8_t* found
+    while position < length:
+        found = <const uint8_t*>memchr(text + position, 0x24, length - position)
+        if found == NULL:
+            return -1
+        position = found - text
+        if position + 1 < length and text[position + 1] == 0x7B:
+            return position
+        position += 1
+    return -1
+
+
+cdef list _find_lookups(const uint8_t* text, Py_ssize_t length, bint url_encoded):
+    """Return (lookup, obfuscated, url_encoded) for each JNDI lookup in text (jndi.find_lookups)."""
+    cdef list found = []
+    cdef Py_ssize_t position = 0, start, nested
+    cdef lookup_text body, jndi
+    while len(found) < MAX_LOOKUPS:
+        start = _find_lookup_start(text, position, length)
+        if start < 0:
+            break
+        nested = 0
+        jndi.length = -1
+        position = _resolve_lookup(text, length, start + 2, 1, &body, &nested, &jndi)
+        if jndi.length >= 0:
+            found.append(((<const char*>jndi.data)[:jndi.length], nested > 0, url_encoded))
+    return found
+
+
+cdef inline int _hex_digit(uint8_t byte) noexcept nogil:
+    if 0x30 <= byte <= 0x39:
+        return byte - 0x30
+    if 0x41 <= byte <= 0x46:
+        return byte - 0x37
+    if 0x61 <= byte <= 0x66:
+        return byte - 0x57
+    return -1
+
+
+cdef bytes _percent_decode(const uint8_t* text, Py_ssize_t length):
+    """Replace each %XX escape with its byte (jndi.percent_decode)."""
+    cdef bytearray out = bytearray(length)
+    cdef uint8_t* target = out
+    cdef Py_ssize_t i = 0, count = 0
+    cdef int high, low
+    while i < length:
+        if text[i] == 0x25 and i + 2 < length:
+            high = _hex_digit(text[i + 1])
+            low = _hex_digit(text[i + 2])
+            if high >= 0 and low >= 0:
+                target[count] = <uint8_t>(high * 16 + low)
+                count += 1
+                i += 3
+                continue
+        target[count] = text[i]
+        count += 1
+        i += 1
+    return bytes(out[:count])
+
+
+cdef bint _has_encoded_marker(const uint8_t* text, Py_ssize_t length) noexcept nogil:
+    """Return True when text contains %24, %25, %7B or %7b: an encoded '$', '%' or '{'."""
+    cdef const uint8_t* found
+    cdef Py_ssize_t position = 0
+    while position + 2 < length:
+        found = <const uint8_t*>memchr(text + position, 0x25, length - position - 2)
+        if found == NULL:
+            return False
+        position = found - text
+        if text[position + 1] == 0x32 and (text[position + 2] == 0x34 or text[position + 2] == 0x35):
+            return True
+        if text[position + 1] == 0x37 and (text[position + 2] == 0x42 or text[position + 2] == 0x62):
+            return True
+        position += 1
+    return False
+
+
+cdef inline bint _may_hold_lookup(const uint8_t* text, Py_ssize_t length) noexcept nogil:
+    """Return False when text has neither a '$' nor an encoded '$', '%' or '{', so it holds no lookup."""
+    return memchr(text, 0x24, length) != NULL or _has_encoded_marker(text, length)
+
+
+cdef list _scan_line(const uint8_t* line, Py_ssize_t length):
+    """Return the JNDI lookups of one line, percent-decoding when needed (jndi.scan_line)."""
+    cdef list hits = _find_lookups(line, length, False)
+    cdef bytes text
+    cdef const uint8_t* current = line
+    cdef Py_ssize_t current_length = length
+    cdef int rounds = 0
+    while not hits and rounds < MAX_DECODE_ROUNDS and _has_encoded_marker(current, current_length):
+        text = _percent_decode(current, current_length)
+        current = <const uint8_t*><const char*>text
+        current_length = len(text)
+        rounds += 1
+        hits = _find_lookups(current, current_length, True)
+    return hits
+
+
+cdef void _add_jndi_lookups(list lookups, const uint8_t* line, Py_ssize_t length, Py_ssize_t request_index,
+                            str location, const uint8_t* header, Py_ssize_t header_length) except *:
+    """Append the JNDI lookups of one request line, header or body line (textproto._add_jndi_lookups).
+
+    Callers skip lines where _may_hold_lookup() is False, which cannot yield one.
+    """
+    if len(lookups) >= MAX_ITEMS:
+        return
+    for lookup, obfuscated, url_encoded in _scan_line(line, length)[:MAX_ITEMS - len(lookups)]:
+        lookups.append({
+            "request": request_index,
+            "location": location,
+            "header": _clean_text(header, header_length, NAME_WIDTH),
+            "lookup": clean_text(lookup, PATH_WIDTH),
+            "obfuscated": obfuscated,
+            "url_encoded": url_encoded,
+        })
+
+
 # --- HTTP/1.x (RFC 9112) ------------------------------------------------------
 
 cdef bint _is_http_method(const uint8_t* text, Py_ssize_t length) noexcept nogil:
@@ -373,6 +579,12 @@ def parse_http(bytes initiator not None, bytes responder not None, dict fields n
     cdef bint request_cut = length > 0 and data[length - 1] != 0x0A
     cdef int code
     cdef str server = None
+    cdef list lookups = []
+    cdef Py_ssize_t request_index = -1
+    cdef bint in_body = False
+    # One pass over the whole stream spares the per-line checks in the
+    # common case of a request without any lookup.
+    cdef bint lookups_possible = _may_hold_lookup(data, length)
     fields["basic_auth"] = False
 
     while start < length and line_count < MAX_LINES:
@@ -396,10 +608,24 @@ def parse_http(bytes initiator not None, bytes responder not None, dict fields n
             }
             if len(requests) < MAX_ITEMS:
                 requests.append(current)
+            request_index += 1
+            in_body = False
+            if lookups_possible and _may_hold_lookup(line, line_length):
+                _add_jndi_lookups(lookups, line, line_length, request_index, "target", line, 0)
             continue
         if current is None:
             continue
         found = <const uint8_t*>memchr(line, 0x3A, line_length)  # ':'
+        if line_length == 0:
+            in_body = True
+        elif lookups_possible and _may_hold_lookup(line, line_length):
+            if in_body:
+                _add_jndi_lookups(lookups, line, line_length, request_index, "body", line, 0)
+            else:
+                name_start, name_end = 0, (found - line if found != NULL else 0)
+                _strip(line, &name_start, &name_end)
+                _add_jndi_lookups(lookups, line, line_length, request_index, "header",
+                                  line + name_start, name_end - name_start)
         if found == NULL:
             continue
         colon = found - line
@@ -454,6 +680,8 @@ def parse_http(bytes initiator not None, bytes responder not None, dict fields n
             outcome = "success"
         logins.append((user, outcome))
     fields["_logins"] = logins
+    if lookups:
+        fields["jndi_lookups"] = lookups
     # wraparound is off in this build, so the last request is indexed explicitly.
     if request_cut and requests and not requests[len(requests) - 1]["host"]:
         raise Truncated("HTTP request header cut by the capture")
@@ -667,11 +895,15 @@ import hashlib
 
 from engine.inspect.tls import TLS_VERSION_NAMES, WEAK_CIPHER_SUITES
 
+cdef enum: CONTENT_CHANGE_CIPHER_SPEC = 20
 cdef enum: CONTENT_HANDSHAKE = 22
+cdef enum: CONTENT_HEARTBEAT = 24
+cdef enum: MAX_TLS_RECORDS = 64  # tls.MAX_TLS_RECORDS
 cdef enum: HANDSHAKE_CLIENT_HELLO = 1
 cdef enum: HANDSHAKE_SERVER_HELLO = 2
 cdef enum: MAX_HANDSHAKE_BYTES = 16384  # tls.MAX_HANDSHAKE_BYTES
 LIMITS["tls.MAX_HANDSHAKE_BYTES"] = MAX_HANDSHAKE_BYTES
+LIMITS["tls.MAX_TLS_RECORDS"] = MAX_TLS_RECORDS
 
 # One bit per cipher suite code point of tls.WEAK_CIPHER_SUITES.
 cdef uint8_t WEAK_SUITE_BITS[8192]
@@ -896,6 +1128,35 @@ cdef bytes _handshake_bytes(bytes stream, bint* cut):
     return stream[first_start:first_start + first_length]
 
 
+cdef list _heartbeat_records(bytes stream, int direction):
+    """Return the heartbeat records among the first records of one direction (tls.heartbeat_records)."""
+    cdef const uint8_t* data = <const uint8_t*><const char*>stream
+    cdef Py_ssize_t length = len(stream), position = 0, record_length
+    cdef bint encrypted = False, readable
+    cdef uint8_t content_type
+    cdef int count
+    cdef list records = []
+    for count in range(MAX_TLS_RECORDS):
+        if position + 5 > length or len(records) >= MAX_ITEMS:
+            break
+        content_type = data[position]
+        if content_type < CONTENT_CHANGE_CIPHER_SPEC or content_type > CONTENT_HEARTBEAT or data[position + 1] != 3:
+            break
+        record_length = _u16(data + position + 3)
+        if content_type == CONTENT_CHANGE_CIPHER_SPEC:
+            encrypted = True
+        elif content_type == CONTENT_HEARTBEAT:
+            readable = not encrypted and position + 8 <= length
+            records.append({
+                "direction": direction,
+                "record_length": record_length,
+                "message_type": data[position + 5] if readable else None,
+                "payload_length": _u16(data + position + 6) if readable else None,
+            })
+        position += 5 + record_length
+    return records
+
+
 def parse_tls(bytes initiator not None, bytes responder not None, dict fields not None):
     """Fill `fields` from the ClientHello and ServerHello of one connection.
 
@@ -905,6 +1166,9 @@ def parse_tls(bytes initiator not None, bytes responder not None, dict fields no
     cdef bytes joined, stream
     cdef cursor reader, body
     cdef uint32_t handshake_type, length, wanted
+    cdef list heartbeats = _heartbeat_records(initiator, 0) + _heartbeat_records(responder, 1)
+    if heartbeats:
+        fields["heartbeats"] = heartbeats
     if _is_sslv2_client_hello(<const uint8_t*><const char*>initiator, len(initiator)):
         truncated = _tls_sslv2_client_hello(initiator, fields)
         initiator = b""

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.decode.layout import empty_packets
-from engine.inspect import asn1, clinical, detect, dns, textproto, tls
+from engine.inspect import asn1, clinical, detect, dns, jndi, textproto, tls
 from engine.inspect.inspector import PARSERS, REFERENCE_PARSERS, Inspector
 from engine.inspect.pipeline import iter_inspections
 from engine.inspect.wire import Malformed, Truncated
@@ -107,6 +107,11 @@ def test_compiled_limits_match_reference():
         "dns.MAX_DNS_MESSAGES": dns.MAX_DNS_MESSAGES,
         "textproto.MAX_LINES": textproto.MAX_LINES,
         "tls.MAX_HANDSHAKE_BYTES": tls.MAX_HANDSHAKE_BYTES,
+        "tls.MAX_TLS_RECORDS": tls.MAX_TLS_RECORDS,
+        "jndi.MAX_LOOKUP_DEPTH": jndi.MAX_LOOKUP_DEPTH,
+        "jndi.MAX_LOOKUP_BYTES": jndi.MAX_LOOKUP_BYTES,
+        "jndi.MAX_LOOKUPS": jndi.MAX_LOOKUPS,
+        "jndi.MAX_DECODE_ROUNDS": jndi.MAX_DECODE_ROUNDS,
         "clinical.MAX_MQTT_PACKETS": clinical.MAX_MQTT_PACKETS,
         "clinical.MAX_HL7_MESSAGES": clinical.MAX_HL7_MESSAGES,
         "clinical.AE_TITLE_LENGTH": clinical.AE_TITLE_LENGTH,

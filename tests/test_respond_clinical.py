@@ -238,7 +238,8 @@ def test_misspelt_category_rejected(tmp_path):
     assert message.startswith(f"{path}: rule 'x': invalid categories value 'scna'; expected one of ")
     listed = message.split("expected one of ")[1].split(", ")
     assert listed == sorted({attack.category for attack in ATTACK_CLASSES.values()} | {
-        "anomaly", "cleartext_patient_data", "weak_tls", "smbv1", "mqtt_no_auth", "vulnerable_software"})
+        "anomaly", "cleartext_patient_data", "weak_tls", "smbv1", "mqtt_no_auth", "vulnerable_software",
+        "exploit_attempt"})
 
 
 def test_class_as_category_hinted():

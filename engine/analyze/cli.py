@@ -493,6 +493,7 @@ class InspectionStage:
         from engine.assets.inventory import Inventory
         from engine.policy.access import AccessMonitor
         from engine.policy.config import Policy
+        from engine.policy.exploits import Log4ShellCallbacks
         from engine.policy.zones import ZoneMap
         from engine.store import open_store
 
@@ -503,6 +504,7 @@ class InspectionStage:
         self.zones = ZoneMap(self.policy.zones)
         self.inventory = Inventory(self.conn)
         self.access = AccessMonitor(self.policy, self.zones, self.conn, roles_of=self.inventory.roles)
+        self.callbacks = Log4ShellCallbacks()
         self.login_records: list = []
         # The current capture's digest prefix (None for standard input). It
         # goes into traffic login origins, so the store's UNIQUE (origin,
@@ -525,7 +527,7 @@ class InspectionStage:
             return []
         from engine.inspect.pipeline import analyse
 
-        output = analyse(results, self.zones, self.access, self.inventory)
+        output = analyse(results, self.zones, self.access, self.inventory, self.callbacks)
         self.counters["flows_inspected"] += len(output.results)
         if output.logins:
             from engine.logins.ingest import ingest_records

@@ -60,8 +60,13 @@ class InspectionOutput:
     logins: list[LoginRecord] = field(default_factory=list)
 
 
-def analyse(results, zones=None, access=None, inventory=None) -> InspectionOutput:
-    """Feed results to the inventory, the findings and the access monitor; collect alerts and logins."""
+def analyse(results, zones=None, access=None, inventory=None, callbacks=None) -> InspectionOutput:
+    """Feed results to the inventory, the findings, the exploit checks and the access monitor; collect alerts and logins.
+
+    `callbacks` is an engine.policy.exploits.Log4ShellCallbacks that keeps
+    its state across calls, or None to skip linking requests to callbacks.
+    """
+    from engine.policy.exploits import exploit_alerts
     from engine.policy.findings import findings_for
     from engine.policy.zones import ZoneMap
 
@@ -71,6 +76,10 @@ def analyse(results, zones=None, access=None, inventory=None) -> InspectionOutpu
         inventory.update(output.results)
     for result in output.results:
         output.alerts.extend(findings_for(result, zones))
+        exploits = exploit_alerts(result)
+        output.alerts.extend(exploits)
+        if callbacks is not None:
+            output.alerts.extend(callbacks.observe(result, exploits))
         if access is not None:
             output.alerts.extend(access.observe(result))
         output.logins.extend(result.logins)

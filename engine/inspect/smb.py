@@ -18,6 +18,9 @@ SMB1_NEGOTIATE = 0x72
 # [MS-CIFS] 2.2.4.52.2: the server found none of the offered dialects acceptable.
 SMB1_NO_DIALECT = 0xFFFF
 SMB2_NEGOTIATE = 0x0000
+SMB2_DIALECT_311 = 0x0311
+SMB2_COMPRESSION_CAPABILITIES = 0x0003  # negotiate context type
+SMB2_COMPRESSION_ALGORITHMS = {0: "none", 1: "LZNT1", 2: "LZ77", 3: "LZ77+Huffman", 4: "Pattern_V1", 5: "LZ4"}
 SMB2_DIALECTS = {0x0202: "2.0.2", 0x0210: "2.1", 0x0300: "3.0", 0x0302: "3.0.2", 0x0311: "3.1.1", 0x02FF: "2.x"}
 MAX_SMB_MESSAGES = 32
 # RFC 1002 4.3.1 packet types other than SESSION MESSAGE (0x00): session
@@ -66,6 +69,29 @@ def _parse_smb1(message: Reader, is_request: bool, fields: dict) -> None:
         fields["smb1_dialect_index"] = message.u16le()
 
 
+def _compression_algorithms(message: bytes, offset: int, count: int) -> list[str] | None:
+    """Return the algorithm names of the SMB2_COMPRESSION_CAPABILITIES negotiate context, or None without one.
+
+    Negotiate contexts ([MS-SMB2] 2.2.3.1) start at `offset` from the SMB2
+    header, each 8-byte aligned: ContextType, DataLength, 4 reserved bytes,
+    then the data. Contexts the capture cut are not read.
+    """
+    for _ in range(min(count, MAX_ITEMS)):
+        if offset + 8 > len(message):
+            return None
+        context_type = int.from_bytes(message[offset : offset + 2], "little")
+        data_length = int.from_bytes(message[offset + 2 : offset + 4], "little")
+        data = message[offset + 8 : offset + 8 + data_length]
+        if context_type == SMB2_COMPRESSION_CAPABILITIES and len(data) >= 8:
+            # CompressionAlgorithmCount, Padding, Flags, then the algorithm ids.
+            algorithm_count = int.from_bytes(data[:2], "little")
+            ids = [int.from_bytes(data[8 + 2 * i : 10 + 2 * i], "little")
+                   for i in range(min(algorithm_count, MAX_ITEMS, (len(data) - 8) // 2))]
+            return [SMB2_COMPRESSION_ALGORITHMS.get(i, f"0x{i:04x}") for i in ids]
+        offset += (8 + data_length + 7) & ~7
+    return None
+
+
 def _parse_smb2(message: Reader, is_request: bool, fields: dict) -> None:
     message.skip(4)
     if message.u16le() != 64:
@@ -78,12 +104,47 @@ def _parse_smb2(message: Reader, is_request: bool, fields: dict) -> None:
     if is_request:
         message.skip(2)
         count = message.u16le()
-        message.skip(32)
+        message.skip(24)
+        context_offset = message.u32le()
+        context_count = message.u16le()
+        message.skip(2)
         codes = [message.u16le() for _ in range(min(count, MAX_ITEMS))]
         fields["client_dialects"] = [_dialect_name(c) for c in codes]
+        if SMB2_DIALECT_311 in codes:
+            algorithms = _compression_algorithms(message.buffer, context_offset, context_count)
+            if algorithms is not None:
+                fields["client_compression"] = algorithms
     else:
         message.skip(4)
-        fields["dialect"] = _dialect_name(message.u16le())
+        dialect = message.u16le()
+        fields["dialect"] = _dialect_name(dialect)
+        if dialect == SMB2_DIALECT_311:
+            context_count = message.u16le()
+            message.skip(52)
+            algorithms = _compression_algorithms(message.buffer, message.u32le(), context_count)
+            if algorithms is not None:
+                fields["server_compression"] = algorithms
+
+
+def _compression_header(message: Reader, direction: int, message_length: int, fields: dict) -> None:
+    """Record the fields of an SMB2 COMPRESSION_TRANSFORM_HEADER ([MS-SMB2] 2.2.42).
+
+    ProtocolId, OriginalCompressedSegmentSize, CompressionAlgorithm, Flags,
+    then Offset (unchained) or Length (chained), all little-endian. The
+    bounds check is left to the finding, so this only reads.
+    """
+    message.skip(4)
+    header = {
+        "direction": direction,
+        "original_size": message.u32le(),
+        "algorithm": message.u16le(),
+        "flags": message.u16le(),
+        "offset": message.u32le(),
+        "message_length": message_length,
+    }
+    headers = fields.setdefault("compression_headers", [])
+    if len(headers) < MAX_ITEMS:
+        headers.append(header)
 
 
 def _smb1_negotiated(fields: dict) -> bool:
@@ -129,6 +190,7 @@ def _parse_session_messages(reader: Reader, is_request: bool, fields: dict) -> N
             _parse_smb2(message, is_request, fields)
         elif magic == SMB2_COMPRESSION_MAGIC:
             fields["compression_transform"] = True
+            _compression_header(message, 0 if is_request else 1, length, fields)
         elif magic == SMB2_TRANSFORM_MAGIC:
             fields["encrypted"] = True
         else:
@@ -141,7 +203,9 @@ def parse_smb(initiator: bytes, responder: bytes, fields: dict) -> None:
     """Fill `fields` with SMB versions seen, offered dialects, the chosen one, and whether SMB1 is in use.
 
     `smb1` is True when the server selected an SMB1 dialect (NT LM 0.12 or
-    older) or an SMB1 message other than Negotiate was seen.
+    older) or an SMB1 message other than Negotiate was seen. SMB 3.1.1
+    negotiation adds `client_compression` and `server_compression`, and
+    each compression transform header adds an entry to `compression_headers`.
     """
     fields["smb1"] = False
     fields["smb1_negotiate_request"] = False

@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import socket
 
+from engine.inspect import jndi
 from engine.inspect.wire import HOST_WIDTH, MAX_ITEMS, NAME_WIDTH, PATH_WIDTH, Truncated, clean_text
 
 HTTP_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
@@ -39,7 +41,11 @@ def looks_like_http(initiator: bytes, responder: bytes) -> bool:
 
 
 def parse_http(initiator: bytes, responder: bytes, fields: dict) -> None:
-    """Fill `fields` with request lines, selected headers and response status codes."""
+    """Fill `fields` with request lines, selected headers, response status codes and JNDI lookups.
+
+    `jndi_lookups` (only present when one is found) lists the Log4Shell
+    lookups in request lines, headers and bodies, resolved by engine.inspect.jndi.
+    """
     requests = fields.setdefault("requests", [])
     responses = fields.setdefault("responses", [])
     fields["basic_auth"] = False
@@ -47,6 +53,9 @@ def parse_http(initiator: bytes, responder: bytes, fields: dict) -> None:
 
     lines, request_cut = _lines(initiator)
     current = None
+    request_index = -1
+    in_body = False
+    lookups = []
     for line in lines:
         parts = line.split(b" ")
         if len(parts) == 3 and parts[0] in HTTP_METHODS and parts[2].startswith(b"HTTP/"):
@@ -60,8 +69,20 @@ def parse_http(initiator: bytes, responder: bytes, fields: dict) -> None:
             }
             if len(requests) < MAX_ITEMS:
                 requests.append(current)
+            request_index += 1
+            in_body = False
+            _add_jndi_lookups(lookups, line, request_index, "target", b"")
             continue
-        if current is None or b":" not in line:
+        if current is None:
+            continue
+        if not line:
+            in_body = True
+        elif in_body:
+            _add_jndi_lookups(lookups, line, request_index, "body", b"")
+        else:
+            name = line.partition(b":")[0].strip() if b":" in line else b""
+            _add_jndi_lookups(lookups, line, request_index, "header", name)
+        if b":" not in line:
             continue
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -102,8 +123,25 @@ def parse_http(initiator: bytes, responder: bytes, fields: dict) -> None:
             outcome = "success"
         logins.append((user, outcome))
     fields["_logins"] = logins
+    if lookups:
+        fields["jndi_lookups"] = lookups
     if request_cut and requests and not requests[-1]["host"]:
         raise Truncated("HTTP request header cut by the capture")
+
+
+def _add_jndi_lookups(lookups: list, line: bytes, request_index: int, location: str, header: bytes) -> None:
+    """Append the Log4Shell JNDI lookups of one request line, header or body line to `lookups`."""
+    if len(lookups) >= MAX_ITEMS or (b"$" not in line and b"%" not in line):
+        return
+    for lookup, obfuscated, url_encoded in jndi.scan_line(line)[: MAX_ITEMS - len(lookups)]:
+        lookups.append({
+            "request": request_index,
+            "location": location,
+            "header": clean_text(header, NAME_WIDTH),
+            "lookup": clean_text(lookup, PATH_WIDTH),
+            "obfuscated": obfuscated,
+            "url_encoded": url_encoded,
+        })
 
 
 # --- SSH banners (RFC 4253 section 4.2) --------------------------------------
@@ -134,7 +172,12 @@ def _reply_codes(responder: bytes) -> tuple[list[int], list[bytes]]:
 
 
 def parse_ftp(initiator: bytes, responder: bytes, fields: dict) -> None:
-    """Fill `fields` with the greeting banner, commands and login outcomes."""
+    """Fill `fields` with the greeting banner, commands, login outcomes and active-mode data ports.
+
+    `data_ports` (only present when the client sent a valid PORT or EPRT)
+    lists the address and port the client asked the server to connect to,
+    with the server's reply code.
+    """
     codes, lines = _reply_codes(responder)
     if lines and lines[0].startswith(b"220"):
         fields["banner"] = clean_text(lines[0][4:], PATH_WIDTH)
@@ -159,6 +202,52 @@ def parse_ftp(initiator: bytes, responder: bytes, fields: dict) -> None:
                 logins.append((user, "success" if reply == 230 else "failure"))
     fields["_logins"] = logins
     fields["login_failures"] = sum(1 for _, outcome in logins if outcome == "failure")
+    data_ports = []
+    for index, (verb, argument) in enumerate(commands):
+        if verb not in (b"PORT", b"EPRT") or len(data_ports) >= MAX_ITEMS:
+            continue
+        endpoint = _port_argument(argument) if verb == b"PORT" else _eprt_argument(argument)
+        if endpoint is None:
+            continue
+        data_ports.append({
+            "command": verb.decode("ascii"),
+            "address": endpoint[0],
+            "port": endpoint[1],
+            "reply": codes[index + 1] if index + 1 < len(codes) else None,
+        })
+    if data_ports:
+        fields["data_ports"] = data_ports
+
+
+def _port_argument(argument: bytes) -> tuple[str, int] | None:
+    """Return (IPv4 address, port) of a PORT h1,h2,h3,h4,p1,p2 argument (RFC 959), or None when invalid."""
+    parts = argument.strip().split(b",")
+    if len(parts) != 6 or not all(part.strip().isdigit() and len(part.strip()) <= 3 for part in parts):
+        return None
+    numbers = [int(part) for part in parts]
+    if max(numbers) > 255:
+        return None
+    return ".".join(str(n) for n in numbers[:4]), numbers[4] * 256 + numbers[5]
+
+
+def _eprt_argument(argument: bytes) -> tuple[str, int] | None:
+    """Return (address, port) of an EPRT |1|addr|port| or |2|addr|port| argument (RFC 2428), or None when invalid."""
+    argument = argument.strip()
+    if len(argument) < 7:
+        return None
+    delimiter = argument[:1]
+    parts = argument.split(delimiter)
+    # A leading and a trailing delimiter give empty first and last parts.
+    if len(parts) != 5 or parts[0] or parts[4] or parts[1] not in (b"1", b"2"):
+        return None
+    if not parts[3].isdigit() or len(parts[3]) > 5 or int(parts[3]) > 65535:
+        return None
+    family = socket.AF_INET if parts[1] == b"1" else socket.AF_INET6
+    try:
+        packed = socket.inet_pton(family, parts[2].decode("ascii"))
+    except (ValueError, OSError):
+        return None
+    return socket.inet_ntop(family, packed), int(parts[3])
 
 
 def parse_pop3(initiator: bytes, responder: bytes, fields: dict) -> None:

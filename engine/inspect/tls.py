@@ -11,7 +11,9 @@ import hashlib
 
 from engine.inspect.wire import HOST_WIDTH, MAX_ITEMS, NAME_WIDTH, Malformed, Reader, Truncated, clean_text
 
+CONTENT_CHANGE_CIPHER_SPEC = 20
 CONTENT_HANDSHAKE = 22
+CONTENT_HEARTBEAT = 24  # RFC 6520
 HANDSHAKE_CLIENT_HELLO = 1
 HANDSHAKE_SERVER_HELLO = 2
 EXT_SERVER_NAME = 0
@@ -20,6 +22,8 @@ EXT_EC_POINT_FORMATS = 11
 EXT_ALPN = 16
 EXT_SUPPORTED_VERSIONS = 43
 MAX_HANDSHAKE_BYTES = 16384
+# Record headers read per direction when looking for heartbeat records.
+MAX_TLS_RECORDS = 64
 
 TLS_VERSION_NAMES = {
     0x0300: "SSL 3.0",
@@ -198,8 +202,49 @@ def _first_handshake(stream: bytes, wanted: int) -> tuple[Reader | None, bool]:
     return reader.sub(length), cut
 
 
+def heartbeat_records(stream: bytes, direction: int) -> list[dict]:
+    """Return the heartbeat records (RFC 6520) among the first records of one direction.
+
+    Only record headers are read, jumping from one record to the next, up
+    to MAX_TLS_RECORDS records or the first byte that cannot start a TLS
+    record. After a ChangeCipherSpec the records are encrypted, so
+    `message_type` and `payload_length` are None. They are also None when
+    the capture ends before them.
+    """
+    records = []
+    position = 0
+    encrypted = False
+    length = len(stream)
+    for _ in range(MAX_TLS_RECORDS):
+        if position + 5 > length or len(records) >= MAX_ITEMS:
+            break
+        content_type = stream[position]
+        if not CONTENT_CHANGE_CIPHER_SPEC <= content_type <= CONTENT_HEARTBEAT or stream[position + 1] != 3:
+            break
+        record_length = int.from_bytes(stream[position + 3 : position + 5], "big")
+        if content_type == CONTENT_CHANGE_CIPHER_SPEC:
+            encrypted = True
+        elif content_type == CONTENT_HEARTBEAT:
+            readable = not encrypted and position + 8 <= length
+            records.append({
+                "direction": direction,
+                "record_length": record_length,
+                "message_type": stream[position + 5] if readable else None,
+                "payload_length": int.from_bytes(stream[position + 6 : position + 8], "big") if readable else None,
+            })
+        position += 5 + record_length
+    return records
+
+
 def parse_tls(initiator: bytes, responder: bytes, fields: dict) -> None:
-    """Fill `fields` from the ClientHello and ServerHello of one connection."""
+    """Fill `fields` from the ClientHello and ServerHello of one connection.
+
+    `heartbeats` (only present when one is seen) lists the heartbeat
+    records of both directions, from heartbeat_records().
+    """
+    heartbeats = heartbeat_records(initiator, 0) + heartbeat_records(responder, 1)
+    if heartbeats:
+        fields["heartbeats"] = heartbeats
     truncated = False
     if _is_sslv2_client_hello(initiator):
         truncated = _parse_sslv2_client_hello(initiator, fields)
