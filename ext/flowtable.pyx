@@ -16,9 +16,22 @@
 # prefetches the bucket and entry of packets a few places ahead, because
 # with tens of thousands of flows most entries are not in the CPU caches.
 #
-# Bounds. Pool: `capacity` live flows; when it is full, the least recently
-# seen flow among the index neighbours of the new key is exported as
-# `evicted` (counters flow_table_full and flows_evicted). Fragment map:
+# Closing. A TCP flow that ends (RST, or FIN from both sides then an ACK)
+# stays in its slot, marked closed, until close_delay_ns of capture time
+# pass without a packet of it. The late ACK or repeated RST that often
+# follows a close thus joins the flow instead of opening a one-packet flow
+# (counter packets_after_close). The delay runs from the last packet, as
+# the idle timeout does, so the sweep reads no more of a closed entry than
+# of an open one. The active timeout still ends a closed flow that keeps
+# getting late packets. A SYN without ACK on a closed flow is a new
+# connection reusing the ports: the closed flow is exported and the SYN
+# starts the next one. A close delay of 0 exports a flow at the packet that
+# ends it.
+#
+# Bounds. Pool: `capacity` live flows, closed ones included; when it is
+# full, a closed flow among the index neighbours of the new key is exported
+# as `end_of_flow`, or else the least recently seen one as `evicted`
+# (counters flow_table_full and flows_evicted). Fragment map:
 # FRAGMENT_MAP_SIZE entries, direct-mapped, a newer first fragment
 # overwrites an older one (counter fragment_map_overwrites). Export buffer:
 # grows to the largest number of flows ended by one call.
@@ -195,7 +208,7 @@ ctypedef struct flow_hot:
     uint8_t last_fin_direction
     uint8_t events[2]          # EVENT_* bits by direction (TCP)
     uint8_t history_seen[2]    # HISTORY_* bits by direction
-    uint8_t pad
+    uint8_t closed             # the flow ended and waits out the close delay
 
 
 # Fields read only when a flow starts, ends or gets a history letter.
@@ -206,7 +219,7 @@ ctypedef struct flow_cold:
     char history[16]
     uint8_t history_len
     uint8_t vlan_depth
-    uint8_t flipped            # a SYN-ACK came first, so the initiator is its receiver
+    uint8_t flipped            # a reply came first, so the initiator is its receiver
     uint8_t one_way            # ICMP type without a reply type (Community ID)
     uint8_t pad[28]            # rounds flow_entry up to a multiple of 64 bytes
 
@@ -251,6 +264,7 @@ ctypedef struct table_counters:
     uint64_t flows_expired_idle
     uint64_t flows_expired_active
     uint64_t flows_ended
+    uint64_t packets_after_close       # late packets added to a closed flow within the close delay
     uint64_t flows_evicted
     uint64_t flow_table_full
     uint64_t flows_flushed
@@ -276,6 +290,7 @@ ctypedef struct table_state:
     fragment_entry *fragments
     int64_t idle_timeout_ns
     int64_t active_timeout_ns
+    int64_t close_delay_ns     # at most idle_timeout_ns; 0 exports a flow when it ends
     int64_t clock_ns           # largest confirmed capture time: timeouts run on it
     int64_t previous_ts_ns
     int64_t jump_candidate_ns  # a time far ahead of clock_ns, waiting for a second packet near it
@@ -706,7 +721,50 @@ cdef inline void release_slot(table_state *t, uint32_t slot) noexcept nogil:
     t.live_flows -= 1
 
 
+cdef inline void export_closed(table_state *t, flow_entry *e) noexcept nogil:
+    # Export a flow that ended (now, or earlier and waited out the close
+    # delay); the caller frees or reuses its slot.
+    export_entry(t, e, WW_EXPIRATION_END_OF_FLOW)
+    t.counters.flows_ended += 1
+
+
+cdef inline void close_flow(table_state *t, flow_entry *e, uint32_t slot) noexcept nogil:
+    # The flow's TCP connection ended: keep it for the close delay so late
+    # packets join it, or export it at once without a delay.
+    if t.close_delay_ns == 0:
+        export_closed(t, e)
+        release_slot(t, slot)
+        return
+    e.hot.closed = 1
+
+
+cdef inline int closed_flow_over(const table_state *t, const flow_entry *e,
+                                 int64_t now_ns) noexcept nogil:
+    # A closed flow is over once the close delay has passed since its last
+    # packet, or once it has lasted the active timeout.
+    return now_ns - e.hot.last_seen_ns > t.close_delay_ns or \
+        now_ns - e.hot.first_seen_ns > t.active_timeout_ns
+
+
 # ---------------------------------------------------------------- flow life
+
+cdef inline uint8_t is_reply_segment(const ww_packet *packet) noexcept nogil:
+    # Return 1 if a TCP segment that opens a flow is taken as a reply: its
+    # receiver started the connection and the capture missed the opening
+    # packet. A SYN-ACK replies to a SYN. A host sends an RST-ACK to a SYN at
+    # a closed port (RFC 9293 section 3.10.7.1), but a client that aborts a
+    # connection begun before the capture sends one too. Services mostly
+    # listen on low ports, and clients send from ephemeral ones (from 32768
+    # on Linux by default, 49152 in RFC 6335). So an RST-ACK counts as a
+    # reply only when it comes from the lower port.
+    cdef uint8_t flags = packet.tcp_flags
+    if (flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK):
+        return 1
+    if (flags & (TCP_SYN | TCP_RST | TCP_ACK)) == (TCP_RST | TCP_ACK):
+        return packet.src_port < packet.dst_port
+    # NOTE: a flow picked up midstream (ACK, data or FIN first) keeps its
+    # first sender as initiator, even when the ports say it is the server.
+    return 0
 
 cdef void start_flow(table_state *t, flow_entry *e, const ww_packet *packet, int sender_is_lo,
                      int sender_is_initiator, uint8_t flipped) noexcept nogil:
@@ -888,21 +946,29 @@ cdef int grow_index(table_state *t) noexcept nogil:
 
 
 cdef int64_t evict_one(table_state *t, uint64_t h) noexcept nogil:
-    # Export and free the least recently seen flow among the index buckets
-    # from h's home bucket on; return the freed slot.
+    # Free a slot among the index buckets from h's home bucket on and
+    # return it. A closed flow goes first, because it has ended and only
+    # waits for late packets; otherwise the least recently seen flow.
     cdef uint64_t i = home_bucket(h, t.bucket_mask)
     cdef uint64_t bucket
     cdef int k
     cdef int64_t victim = -1
     cdef int64_t oldest = 0
+    cdef uint8_t victim_closed = 0
     cdef uint32_t slot
+    cdef const flow_entry *candidate
     for k in range(EVICTION_WINDOW):
         bucket = t.buckets[(i + k) & t.bucket_mask]
         if bucket != EMPTY_BUCKET:
             slot = <uint32_t>(bucket & 0xFFFFFFFFULL) - 1
-            if victim < 0 or t.pool[slot].hot.last_seen_ns < oldest:
+            candidate = &t.pool[slot]
+            if victim >= 0 and candidate.hot.closed < victim_closed:
+                continue
+            if victim < 0 or candidate.hot.closed > victim_closed \
+                    or candidate.hot.last_seen_ns < oldest:
                 victim = slot
-                oldest = t.pool[slot].hot.last_seen_ns
+                oldest = candidate.hot.last_seen_ns
+                victim_closed = candidate.hot.closed
     if victim < 0:
         # An empty window is unlikely because a full table has at least a
         # quarter of its buckets in use. Take the sweep cursor's flow or the
@@ -910,9 +976,12 @@ cdef int64_t evict_one(table_state *t, uint64_t h) noexcept nogil:
         victim = t.sweep_cursor % t.high_water
         while t.pool[victim].flow_id == 0:
             victim = (victim + 1) % t.high_water
-    export_entry(t, &t.pool[victim], WW_EXPIRATION_EVICTED)
+    if t.pool[victim].hot.closed:
+        export_closed(t, &t.pool[victim])
+    else:
+        export_entry(t, &t.pool[victim], WW_EXPIRATION_EVICTED)
+        t.counters.flows_evicted += 1
     release_slot(t, <uint32_t>victim)
-    t.counters.flows_evicted += 1
     return victim
 
 
@@ -965,8 +1034,9 @@ cdef int64_t attributed_fragment_slot(table_state *t, const ww_packet *packet,
 
 
 cdef void sweep(table_state *t, uint64_t budget) noexcept nogil:
-    # Expire idle and over-age flows among `budget` pool entries from the
-    # cursor on, so a flow that gets no more packets still ends on time.
+    # Expire idle and over-age flows, and export closed flows past the close
+    # delay, among `budget` pool entries from the cursor on, so a flow that
+    # gets no more packets still ends on time.
     cdef uint64_t k
     cdef uint32_t slot
     cdef flow_entry *e
@@ -981,6 +1051,11 @@ cdef void sweep(table_state *t, uint64_t budget) noexcept nogil:
             t.sweep_cursor = 0
         e = &t.pool[slot]
         if e.flow_id == 0:
+            continue
+        if e.hot.closed:
+            if closed_flow_over(t, e, t.clock_ns):
+                export_closed(t, e)
+                release_slot(t, slot)
             continue
         if t.clock_ns - e.hot.last_seen_ns > t.idle_timeout_ns:
             export_entry(t, e, WW_EXPIRATION_IDLE)
@@ -1020,6 +1095,7 @@ cdef void process_packet(table_state *t, ww_packet *packet,
     cdef uint32_t slot
     cdef int direction = 0
     cdef int src_is_lo, sender_is_initiator, ended
+    cdef int after_close = 0
     cdef int is_tcp = packet.ip_proto == IPPROTO_TCP
     cdef int is_fragment = (packet.frag_flags & WW_FRAG_IS_FRAGMENT) != 0
     cdef int later_fragment = is_fragment and packet.frag_offset > 0
@@ -1075,10 +1151,20 @@ cdef void process_packet(table_state *t, ww_packet *packet,
     if found >= 0:
         slot = <uint32_t>found
         e = &t.pool[slot]
-        if now_ns - e.hot.last_seen_ns > t.idle_timeout_ns:
+        if e.hot.closed:
+            # A SYN without ACK reuses the ports for a new connection. Any
+            # other packet within the close delay is a late one of the flow.
+            if closed_flow_over(t, e, now_ns) or \
+                    (is_tcp and (packet.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN):
+                export_closed(t, e)
+                flipped = is_tcp and is_reply_segment(packet)
+                start_flow(t, e, packet, src_is_lo, not flipped, flipped)
+            else:
+                after_close = 1
+        elif now_ns - e.hot.last_seen_ns > t.idle_timeout_ns:
             export_entry(t, e, WW_EXPIRATION_IDLE)
             t.counters.flows_expired_idle += 1
-            flipped = is_tcp and (packet.tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
+            flipped = is_tcp and is_reply_segment(packet)
             start_flow(t, e, packet, src_is_lo, not flipped, flipped)
         elif now_ns - e.hot.first_seen_ns > t.active_timeout_ns:
             # The next segment of a long flow keeps the initiator it had.
@@ -1106,9 +1192,9 @@ cdef void process_packet(table_state *t, ww_packet *packet,
         e.cold.one_way = one_way
         t.buckets[position] = ((h >> 32) << 32) | (<uint64_t>slot + 1)
         t.live_flows += 1
-        # A SYN-ACK seen first answers a SYN we missed: its receiver
+        # A reply seen first answers a packet we missed: its receiver
         # initiated the connection.
-        flipped = is_tcp and (packet.tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
+        flipped = is_tcp and is_reply_segment(packet)
         start_flow(t, e, packet, src_is_lo, not flipped, flipped)
 
     direction = 0 if src_is_lo == e.hot.initiator_is_lo else 1
@@ -1121,10 +1207,10 @@ cdef void process_packet(table_state *t, ww_packet *packet,
     packet.flow_id = e.flow_id
     if is_fragment and not later_fragment:
         remember_fragment(t, packet, slot, direction)
-    if ended:
-        export_entry(t, e, WW_EXPIRATION_END_OF_FLOW)
-        release_slot(t, slot)
-        t.counters.flows_ended += 1
+    if after_close:
+        t.counters.packets_after_close += 1
+    elif ended:
+        close_flow(t, e, slot)
 
 
 # ---------------------------------------------------------------- Python
@@ -1178,13 +1264,15 @@ cdef class FlowTableKernel:
     cdef object _dtype
 
     def __cinit__(self, uint32_t capacity, int64_t idle_timeout_ns, int64_t active_timeout_ns,
-                  uint16_t community_id_seed):
+                  uint16_t community_id_seed, int64_t close_delay_ns):
         cdef uint64_t max_buckets = 16
         cdef uint64_t buckets
         cdef uint32_t i
         memset(&self.t, 0, sizeof(table_state))
         if capacity < 1:
             raise ValueError(f"invalid capacity {capacity}; expected at least 1 flow")
+        if close_delay_ns < 0:
+            raise ValueError(f"invalid close_delay_ns {close_delay_ns}; expected 0 or more")
         while max_buckets < 2 * <uint64_t>capacity:
             max_buckets <<= 1
         buckets = INITIAL_BUCKETS if INITIAL_BUCKETS < max_buckets else max_buckets
@@ -1212,6 +1300,8 @@ cdef class FlowTableKernel:
         self.t.free_count = capacity
         self.t.idle_timeout_ns = idle_timeout_ns
         self.t.active_timeout_ns = active_timeout_ns
+        # A closed flow is idle, so it never waits longer than the idle timeout.
+        self.t.close_delay_ns = close_delay_ns if close_delay_ns < idle_timeout_ns else idle_timeout_ns
         self.t.community_id_seed = community_id_seed
         self.t.clock_ns = CLOCK_UNSET
         self.t.previous_ts_ns = CLOCK_UNSET
@@ -1255,14 +1345,18 @@ cdef class FlowTableKernel:
         return self._take_exports()
 
     def flush(self):
-        """End every live flow (reason flushed) and return them."""
+        """End every live flow (reason flushed, or end_of_flow if closed) and return them."""
         cdef uint32_t slot
         with nogil:
             for slot in range(self.t.high_water):
-                if self.t.pool[slot].flow_id != 0:
+                if self.t.pool[slot].flow_id == 0:
+                    continue
+                if self.t.pool[slot].hot.closed:
+                    export_closed(&self.t, &self.t.pool[slot])
+                else:
                     export_entry(&self.t, &self.t.pool[slot], WW_EXPIRATION_FLUSHED)
-                    self.t.pool[slot].flow_id = 0
                     self.t.counters.flows_flushed += 1
+                self.t.pool[slot].flow_id = 0
             memset(self.t.buckets, 0, (self.t.bucket_mask + 1) * sizeof(uint64_t))
             for slot in range(self.t.capacity):
                 self.t.free_slots[slot] = self.t.capacity - 1 - slot
@@ -1273,13 +1367,17 @@ cdef class FlowTableKernel:
         return self._take_exports()
 
     def active_snapshot(self, int64_t min_age_ns):
-        """Return copies of live flows that started at least min_age_ns ago."""
+        """Return copies of open flows that started at least min_age_ns ago.
+
+        Closed flows waiting out the close delay are left out: they have
+        ended and are exported as end_of_flow soon.
+        """
         cdef uint32_t slot
         cdef flow_entry *e
         with nogil:
             for slot in range(self.t.high_water):
                 e = &self.t.pool[slot]
-                if e.flow_id != 0 and \
+                if e.flow_id != 0 and not e.hot.closed and \
                         self.t.clock_ns - e.hot.first_seen_ns >= min_age_ns:
                     export_entry(&self.t, e, WW_EXPIRATION_LIVE)
         return self._take_exports()

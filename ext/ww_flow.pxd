@@ -5,8 +5,9 @@
 # tests pin its size and some offsets.
 #
 # "src" is the initiator: the sender of the flow's first packet, except that
-# a TCP SYN-ACK seen first makes its receiver the initiator. "dst" is the
-# responder. Multi-byte fields are in host byte order. Addresses are 16
+# a TCP reply seen first (a SYN-ACK, or an RST-ACK from the lower port)
+# makes its receiver the initiator and starts the history with "^". "dst"
+# is the responder. Multi-byte fields are in host byte order. Addresses are 16
 # bytes with IPv4 in the first 4 and the other 12 zero, as in ww_packet.
 # Byte counts are wire lengths (pcap "len"), so they include the link-layer
 # header and any tunnel around the packet.
@@ -19,7 +20,7 @@ cdef extern from *:
     enum ww_expiration {
         WW_EXPIRATION_IDLE = 0,        /* no packet for idle_timeout_s of capture time */
         WW_EXPIRATION_ACTIVE = 1,      /* lived active_timeout_s; later packets start a new flow */
-        WW_EXPIRATION_END_OF_FLOW = 2, /* TCP RST, or FIN from both sides then an ACK */
+        WW_EXPIRATION_END_OF_FLOW = 2, /* TCP RST, or FIN from both sides then an ACK; exported after the close delay */
         WW_EXPIRATION_EVICTED = 3,     /* the table was full and this flow was least recently seen */
         WW_EXPIRATION_FLUSHED = 4,     /* still live at the end of input */
         WW_EXPIRATION_LIVE = 5         /* not ended: a copy from active_snapshot() */

@@ -6,10 +6,10 @@ bytes), NFStream (per-flow totals). The other captures are checked against
 tshark's conversation statistics.
 
 Two differences are by design and handled here, not hidden:
-- A TCP flow ends at RST, or at the ACK after both FINs. A packet after
-  that (a late ACK, a retransmitted RST) starts a new flow, where Suricata,
-  nDPI and tshark keep one conversation. Comparisons therefore sum our
-  flows per endpoint pair.
+- A TCP flow closes at RST, or at the ACK after both FINs. A packet more
+  than the close delay later, or a gap longer than the idle timeout, starts
+  a new flow, where Suricata, nDPI and tshark may keep one conversation.
+  Comparisons therefore sum our flows per endpoint pair.
 - Later IP fragments carry no ports. We attribute them to the flow of their
   first fragment; tshark (with reassembly off) counts the first fragment only.
 """

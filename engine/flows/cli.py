@@ -14,6 +14,7 @@ import click
 from engine.flows.table import (
     DEFAULT_ACTIVE_TIMEOUT_S,
     DEFAULT_CAPACITY,
+    DEFAULT_CLOSE_DELAY_S,
     DEFAULT_IDLE_TIMEOUT_S,
     MAX_CAPACITY,
     MAX_TIMEOUT_S,
@@ -105,6 +106,12 @@ WRITE_SLICE_FLOWS = 8192
     help="End a flow that has lasted this many seconds; later packets start a new flow.",
 )
 @click.option(
+    "--close-delay", "close_delay_s", type=click.FloatRange(min=0, max=MAX_TIMEOUT_S),
+    default=DEFAULT_CLOSE_DELAY_S, show_default=True,
+    help="Keep a closed TCP flow until this many seconds of capture time pass without its packets, "
+         "so late packets join it; 0 ends it at once.",
+)
+@click.option(
     "--capacity", type=click.IntRange(1, MAX_CAPACITY), default=DEFAULT_CAPACITY, show_default=True,
     help="Maximum live flows; when full, the least recently seen nearby flow is evicted.",
 )
@@ -112,11 +119,11 @@ WRITE_SLICE_FLOWS = 8192
     "--community-id-seed", type=click.IntRange(0, 0xFFFF), default=0, show_default=True,
     help="Seed of the Community ID hash.",
 )
-def flows_command(captures, output, idle_timeout_s, active_timeout_s, capacity, community_id_seed):
+def flows_command(captures, output, idle_timeout_s, active_timeout_s, close_delay_s, capacity, community_id_seed):
     """Write one record per bidirectional flow in CAPTURE... (pcap or pcapng; - for stdin).
 
     The captures are read in the order given as one continuous capture, and
-    every flow still live at the end is written with expiration "flushed".
+    every flow still open at the end is written with expiration "flushed".
     A summary (packets, flows, anomalies by name, throughput) goes to stderr.
 
     Exit codes: 0 success; 1 a capture could not be read (the flows read
@@ -134,6 +141,7 @@ def flows_command(captures, output, idle_timeout_s, active_timeout_s, capacity, 
             idle_timeout_s=idle_timeout_s,
             active_timeout_s=active_timeout_s,
             community_id_seed=community_id_seed,
+            close_delay_s=close_delay_s,
         )
     except ValueError as error:
         # Click's FloatRange lets nan through, and FlowTable rejects it.

@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 1 << 20
 DEFAULT_IDLE_TIMEOUT_S = 120.0
 DEFAULT_ACTIVE_TIMEOUT_S = 1800.0
+# How long a TCP flow stays in the table without packets after its RST, or
+# after the ACK of the second FIN, so a late ACK or repeated RST joins it.
+# Zeek keeps closed connections as long (tcp_close_delay and
+# tcp_reset_delay in its init-bare.zeek, 5 s each).
+DEFAULT_CLOSE_DELAY_S = 5.0
 MAX_CAPACITY = (1 << 31) - 1
 # The kernel keeps timeouts as int64 nanoseconds, so about 292 years is the
 # largest timeout it can hold; a larger one (or inf) would overflow.
@@ -27,14 +32,21 @@ WARNING_INTERVAL_S = 60.0
 class FlowTable:
     """A bounded table of bidirectional flows fed with decoded packet batches.
 
-    `capacity` is the maximum number of live flows. When a new flow arrives
-    in a full table, the least recently seen flow among the new key's index
-    neighbours is exported with expiration reason `evicted`, and the
-    counters `flow_table_full` and `flows_evicted` go up. Timeouts run on
+    `capacity` is the maximum number of live flows, closed ones included.
+    When a new flow arrives in a full table, a closed flow among the new
+    key's index neighbours is exported as `end_of_flow`, or else the least
+    recently seen one with expiration reason `evicted` (counter
+    `flows_evicted`). The counter `flow_table_full` goes up either way. Timeouts run on
     capture time (the largest packet timestamp seen), never the wall clock:
     a flow ends `idle` after `idle_timeout_s` without packets and `active`
-    after lasting `active_timeout_s`. `community_id_seed` is the Community ID
-    seed (0 unless flows must match a sensor configured otherwise).
+    after lasting `active_timeout_s`. A TCP flow closes at a RST, or at the
+    last ACK after FIN from both sides. It is exported as `end_of_flow` once
+    `close_delay_s` has passed without a packet, or when a SYN opens a new
+    connection on its ports. Packets within the delay join it (counter
+    `packets_after_close`).
+    The delay is capped at `idle_timeout_s`, and 0 exports a flow as soon
+    as it closes. `community_id_seed` is the Community ID seed (0 unless
+    flows must match a sensor configured otherwise).
 
     A table is not thread-safe: the kernel runs without the GIL, so give
     each thread (or capture worker) a table of its own.
@@ -46,6 +58,7 @@ class FlowTable:
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         active_timeout_s: float = DEFAULT_ACTIVE_TIMEOUT_S,
         community_id_seed: int = 0,
+        close_delay_s: float = DEFAULT_CLOSE_DELAY_S,
     ):
         if not isinstance(capacity, (int, np.integer)) or not 1 <= capacity <= MAX_CAPACITY:
             raise ValueError(f"invalid capacity {capacity!r}; expected an integer from 1 to {MAX_CAPACITY}")
@@ -57,19 +70,27 @@ class FlowTable:
             raise ValueError(
                 f"invalid active_timeout_s {active_timeout_s!r}; expected seconds > 0 and at most {MAX_TIMEOUT_S:.0f}"
             )
+        if not 0 <= close_delay_s <= MAX_TIMEOUT_S:
+            raise ValueError(
+                f"invalid close_delay_s {close_delay_s!r}; expected seconds >= 0 and at most {MAX_TIMEOUT_S:.0f}"
+            )
         if not isinstance(community_id_seed, (int, np.integer)) or not 0 <= community_id_seed <= 0xFFFF:
             raise ValueError(
                 f"invalid community_id_seed {community_id_seed!r}; expected an integer from 0 to 65535"
             )
+
         self.capacity = int(capacity)
         self.idle_timeout_s = float(idle_timeout_s)
         self.active_timeout_s = float(active_timeout_s)
         self.community_id_seed = int(community_id_seed)
+        self.close_delay_s = float(close_delay_s)
+
         self._kernel = FlowTableKernel(
             self.capacity,
             int(self.idle_timeout_s * 1e9),
             int(self.active_timeout_s * 1e9),
             self.community_id_seed,
+            int(self.close_delay_s * 1e9),
         )
         self._evictions_logged = 0
         self._last_warning = 0.0
@@ -87,14 +108,19 @@ class FlowTable:
         return ended
 
     def flush(self) -> np.ndarray:
-        """End every live flow with reason `flushed` and return them (end of input)."""
+        """End every live flow and return them (end of input).
+
+        Open flows get reason `flushed`; closed TCP flows waiting out the
+        close delay get `end_of_flow`.
+        """
         return self._kernel.flush().view(FLOW_DTYPE)
 
     def active_snapshot(self, min_age_s: float = 0.0) -> np.ndarray:
-        """Return copies of the live flows that began at least `min_age_s` ago.
+        """Return copies of the open flows that began at least `min_age_s` ago.
 
         The flows stay in the table; the copies have expiration reason `live`
-        and statistics as of the last packet.
+        and statistics as of the last packet. Closed TCP flows waiting out
+        the close delay are not included.
         """
         if not min_age_s >= 0:
             raise ValueError(f"invalid min_age_s {min_age_s!r}; expected seconds >= 0")
