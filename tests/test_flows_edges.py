@@ -198,12 +198,12 @@ def test_late_ack_within_close_delay_joins(tmp_path):
 
 
 def test_close_delay_runs_from_last_packet(tmp_path):
-    # Each late packet restarts the delay: the second one comes 8 s after
-    # the close but 4 s after the first late packet, so it joins too.
+    # Each late packet restarts the delay: the second one comes 1.6 delays
+    # after the close but 0.8 after the first late packet, so it joins too.
     frames = closed_handshake()
     closed_at_s = frames[-1][0]
-    frames.append((closed_at_s + 4.0, tcp_frame(SERVER, CLIENT, ACK)))
-    frames.append((closed_at_s + 8.0, tcp_frame(SERVER, CLIENT, ACK)))
+    frames.append((closed_at_s + 0.8 * DEFAULT_CLOSE_DELAY_S, tcp_frame(SERVER, CLIENT, ACK)))
+    frames.append((closed_at_s + 1.6 * DEFAULT_CLOSE_DELAY_S, tcp_frame(SERVER, CLIENT, ACK)))
     capture = write_capture(tmp_path / "late-twice.pcap", frames)
     flows, _, table = track(capture)
 
