@@ -18,6 +18,7 @@ import hashlib
 import os
 import sqlite3
 import time
+import zlib
 from dataclasses import dataclass
 
 from engine.capture.files import GZIP_MAGIC, ZSTD_MAGIC, ZstdStream
@@ -66,8 +67,19 @@ def file_sha256(path: str | os.PathLike) -> tuple[str, int]:
     """
     try:
         return _stream_sha256(path, decompress=True)
-    except (OSError, EOFError, ValueError):
+    except _decompress_errors():
         return _stream_sha256(path, decompress=False)
+
+
+def _decompress_errors() -> tuple[type[BaseException], ...]:
+    # gzip raises zlib.error on a damaged deflate stream, zstandard its own
+    # ZstdError; neither is an OSError.
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, zlib.error)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return errors + (zstandard.ZstdError,)
 
 
 def _stream_sha256(path, decompress: bool) -> tuple[str, int]:

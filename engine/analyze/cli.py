@@ -10,11 +10,14 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import tomllib
 from collections import Counter, OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -336,13 +339,17 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
                 status.clear()
                 click.echo(format_alert_line(alert))
 
+    stop = StopRequest()
+
     def record_all(sink, alerts):
-        for alert in alerts:
-            record(sink.submit(alert))
+        with stop.sink_call():
+            for alert in alerts:
+                record(sink.submit(alert))
 
     def emit(sink, detections):
-        for detection in detections:
-            record(sink.submit(alert_from_detection(detection, alert_config.sensor_id)))
+        with stop.sink_call():
+            for detection in detections:
+                record(sink.submit(alert_from_detection(detection, alert_config.sensor_id)))
 
     try:
         sink = AlertSink(store_path, alert_config).open()
@@ -353,13 +360,21 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
         if sink.bus_endpoint:
             click.echo(f"Publishing alerts on {sink.bus_endpoint} (replay {sink.replay_endpoint})", err=True)
         inspection = None if no_inspect else InspectionStage(sink.store_path, policy, alert_config)
+        stop.install()
         for capture in captures:
             published.clear()
             inspector = inspection.new_inspector() if inspection else None
             if inspection is not None:
                 digest = capture_log.digests.get(capture)
                 inspection.capture_key = digest[0][:16] if digest else None
-            pipeline = Pipeline(model, options, inspector)
+            try:
+                pipeline = Pipeline(model, options, inspector)
+            except MemoryError as error:
+                raise click.ClickException(
+                    f"cannot allocate the flow and window tables (flow_capacity {options.flow_capacity:,}, "
+                    f"window_capacity {options.window_capacity:,}): not enough memory; lower them in the "
+                    "[analyze] configuration"
+                ) from error
             run = RunStats(sensor_id=alert_config.sensor_id, source=os.path.abspath(capture) if capture != "-" else "-")
             reader_stats = {}
             capture_failed = False
@@ -370,17 +385,26 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
                         if inspection is not None:
                             record_all(sink, inspection.on_results(pipeline.drain_inspections()))
                         if pipeline.last_packet_ns is not None:
-                            record(sink.expire(pipeline.last_packet_ns / 1e9))
+                            with stop.sink_call():
+                                record(sink.expire(pipeline.last_packet_ns / 1e9))
                         status.update(
                             f"{capture}: {pipeline.counters['packets']:,} packets, "
                             f"{pipeline.counters['flows']:,} flows ended, {sum(published.values())} alerts"
                         )
+                        if stop.requested:
+                            raise KeyboardInterrupt
                     reader_stats = dict(reader.stats)
             except CaptureError as error:
                 failures += 1
                 capture_failed = True
                 status.clear()
                 click.echo(f"error: {error}", err=True)
+            except KeyboardInterrupt:
+                stop.requested = True
+                capture_failed = True
+                status.clear()
+                click.echo(f"interrupted: finishing the {pipeline.counters['packets']:,} packets read from "
+                           f"{capture} and storing their alerts", err=True)
             emit(sink, pipeline.finish())
             if inspection is not None:
                 record_all(sink, inspection.on_results(pipeline.drain_inspections()))
@@ -404,18 +428,25 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
             if not capture_failed:
                 capture_log.record(capture, run.run_id)
             print_summary(capture, pipeline, anomalies, published)
-        if linger and sink.bus_endpoint:
+            if stop.requested:
+                break
+        # The rate covers the analysis, not the time the bus lingers after it.
+        elapsed = time.monotonic() - started
+        if linger and sink.bus_endpoint and not stop.requested:
             click.echo(f"Serving the bus and replay for {linger:g} s", err=True)
             time.sleep(linger)
     finally:
+        stop.restore()
         sink.close()
         capture_log.close()
         if inspection is not None:
             inspection.close()
 
-    elapsed = time.monotonic() - started
     rate = total_packets / elapsed if elapsed > 0 else 0.0
     click.echo(f"{total_packets:,} packets in {elapsed:.2f} s ({rate:,.0f} packets/s)")
+    if stop.requested:
+        click.echo("analysis interrupted: later captures and the rest of this one were not read", err=True)
+        sys.exit(StopRequest.EXIT_CODE)
     if failures:
         sys.exit(1)
 
@@ -614,6 +645,49 @@ class InspectionStage:
 
     def close(self):
         self.conn.close()
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM during an analysis: stop reading, then finish what was read.
+
+    The flows read so far are scored and their alerts stored and published,
+    as a capture that ends there would be. The signal interrupts the
+    reading and the pipeline (a blocked read of a pipe included), but never
+    a call into the alert sink: one that arrives there is acted on when the
+    call returns.
+    """
+
+    EXIT_CODE = 130
+
+    def __init__(self):
+        self.requested = False
+        self._sink_calls = 0
+        self._previous = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous[number] = signal.signal(number, self._on_signal)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _on_signal(self, number, frame) -> None:
+        first = not self.requested
+        self.requested = True
+        if first and self._sink_calls == 0:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def sink_call(self):
+        self._sink_calls += 1
+        try:
+            yield
+        finally:
+            self._sink_calls -= 1
 
 
 def print_summary(capture, pipeline, anomalies, published):
