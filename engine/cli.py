@@ -6,12 +6,17 @@ ZeroMQ or matplotlib. Register a command by adding one line to COMMANDS.
 
 Exit codes shared by every command:
   0  success
-  1  the run failed (bad input file, unreadable capture, runtime error)
+  1  the run failed (bad input file, unreadable capture, full disk, runtime error)
   2  usage error (unknown option, invalid value), as Click reports it
+  3  `alerts show`, `respond undo`: no record with that id
+  4  `respond undo --wait-s`: the release is still pending (no responder sent it)
+  130  `analyze` stopped by Ctrl-C or SIGTERM after finishing what it had read
 """
 
+import errno
 import importlib
 import logging
+import sqlite3
 
 import click
 
@@ -59,6 +64,31 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except StoreError as error:
             raise click.ClickException(str(error)) from error
+        except (OSError, sqlite3.Error) as error:
+            storage_error = _storage_failure(error)
+            if storage_error is None:
+                raise
+            raise click.ClickException(storage_error) from error
+
+
+# errno values that mean the disk or file system cannot take the write.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
+def _storage_failure(error: BaseException) -> str | None:
+    """Return an error line if `error` (or an error it was raised from) is a full or failing disk."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRNOS:
+            where = f" {seen.filename}" if seen.filename else ""
+            return f"cannot write{where}: {seen.strerror}; free space or choose another path, then run again"
+        if isinstance(seen, sqlite3.Error):
+            text = str(seen)
+            if "disk is full" in text or "disk I/O error" in text:
+                return (f"the SQLite store failed: {text}; free space or give --store a path on another disk, "
+                        "then run again")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @click.group(cls=LazyGroup)

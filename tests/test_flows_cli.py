@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import socket
 
 import dpkt
@@ -106,6 +107,18 @@ def test_unknown_output_suffix_exits_2(handshake_pcap, tmp_path):
     result = invoke(path, "-o", tmp_path / "flows.txt")
     assert result.exit_code == 2
     assert ".jsonl or .csv" in result.output
+
+
+def test_format_option_for_suffixless_output(handshake_pcap, tmp_path):
+    # A FIFO or /dev/null has no suffix to take the format from.
+    path, frames = handshake_pcap
+    out = tmp_path / "flows-pipe"
+    result = invoke(path, "-o", out, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == 1
+    assert rows[0]["bidirectional_bytes"] == str(sum(len(f) for f in frames))
+    assert invoke(path, "-o", os.devnull, "--format", "jsonl").exit_code == 0
 
 
 def test_invalid_timeout_exits_2(handshake_pcap):

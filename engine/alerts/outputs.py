@@ -181,11 +181,18 @@ class EveWriter:
     def write(self, alert: Alert) -> None:
         # Flushed per line so `tail -f` and log shippers see each alert at
         # once; alerts are few after aggregation.
-        self._file.write(json.dumps(eve_record(alert), separators=(",", ":"), sort_keys=False) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(eve_record(alert), separators=(",", ":"), sort_keys=False) + "\n")
+            self._file.flush()
+        except OSError as error:
+            # A file object's write error names no file; the message should.
+            raise OSError(error.errno, error.strerror, self.path) from error
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, self.path) from error
 
 
 def _cef_header_escape(text: str) -> str:

@@ -17,6 +17,7 @@ import collections
 import logging
 import os
 import re
+import sqlite3
 import time
 from typing import Any
 
@@ -280,6 +281,10 @@ class AlertSink:
         if flush and self.store is not None:
             try:
                 self.flush()
+            except (OSError, sqlite3.Error) as error:
+                # A full or failing disk: the caller reports the error itself,
+                # so one line here, not a traceback.
+                logger.error("closing open aggregates failed: %s; %d stay unpublished", error, len(self.aggregator))
             except Exception:
                 logger.exception("closing open aggregates failed; %d stay unpublished", len(self.aggregator))
         if self.replay is not None:

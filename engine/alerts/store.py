@@ -140,7 +140,10 @@ class AlertStore:
             self._upsert_alert(alert, body)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (a full disk),
+            # and a second ROLLBACK would hide the first error.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             alert.seq = None
             raise
         return Publication(alert.seq, topic, body)
@@ -176,7 +179,10 @@ class AlertStore:
             self._upsert_alert(alert, body)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (a full disk),
+            # and a second ROLLBACK would hide the first error.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return collector_seq
 

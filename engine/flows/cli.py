@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import sys
@@ -75,11 +76,13 @@ class FlowWriter:
             self._csv_fields = fields
 
 
-def _output_format(path: str) -> str:
+def _output_format(path: str, chosen: str | None) -> str:
+    if chosen is not None:
+        return chosen
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise click.BadParameter(
-            f"unsupported output suffix {suffix!r} in {path}; use .jsonl or .csv",
+            f"unsupported output suffix {suffix!r} in {path}; use .jsonl or .csv, or give --format",
             param_hint="'-o' / '--output'",
         )
     return OUTPUT_FORMATS[suffix]
@@ -94,6 +97,10 @@ WRITE_SLICE_FLOWS = 8192
 @click.option(
     "-o", "--output", metavar="FILE",
     help="Write flow records to FILE: JSON lines for .jsonl, CSV for .csv. Default: JSON lines on stdout.",
+)
+@click.option(
+    "--format", "output_format", type=click.Choice(sorted(set(OUTPUT_FORMATS.values()))), default=None,
+    help="Record format, for an output whose name has no .jsonl or .csv suffix (a pipe, /dev/null).",
 )
 @click.option(
     "--idle-timeout", "idle_timeout_s", type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT_S),
@@ -119,7 +126,8 @@ WRITE_SLICE_FLOWS = 8192
     "--community-id-seed", type=click.IntRange(0, 0xFFFF), default=0, show_default=True,
     help="Seed of the Community ID hash.",
 )
-def flows_command(captures, output, idle_timeout_s, active_timeout_s, close_delay_s, capacity, community_id_seed):
+def flows_command(captures, output, output_format, idle_timeout_s, active_timeout_s, close_delay_s, capacity,
+                  community_id_seed):
     """Write one record per bidirectional flow in CAPTURE... (pcap or pcapng; - for stdin).
 
     The captures are read in the order given as one continuous capture, and
@@ -134,7 +142,7 @@ def flows_command(captures, output, idle_timeout_s, active_timeout_s, close_dela
     from engine.decode import anomaly_counts, decode_batch, new_anomaly_counters
     from engine.flows import FlowTable
 
-    output_format = _output_format(output) if output else "jsonl"
+    output_format = _output_format(output, output_format) if output else (output_format or "jsonl")
     try:
         table = FlowTable(
             capacity=capacity,
@@ -165,7 +173,12 @@ def flows_command(captures, output, idle_timeout_s, active_timeout_s, close_dela
                     _run_capture(capture, reader, table, counters, writer, decode_batch)
                     for name, value in reader.stats.items():
                         capture_stats[name] = capture_stats.get(name, 0) + value
-            except (CaptureError, OSError) as error:
+            except OSError as error:
+                if error.errno in _WRITE_ERRNOS:
+                    raise
+                failure = f"cannot read capture {capture}: {error}"
+                break
+            except CaptureError as error:
                 failure = f"cannot read capture {capture}: {error}"
                 break
         # The table may hold up to --capacity live flows, and the text of
@@ -173,17 +186,29 @@ def flows_command(captures, output, idle_timeout_s, active_timeout_s, close_dela
         flushed = table.flush()
         for start in range(0, flushed.shape[0], WRITE_SLICE_FLOWS):
             writer.write_flows(flushed[start : start + WRITE_SLICE_FLOWS])
+    except OSError as error:
+        if error.errno in _WRITE_ERRNOS and error.filename is None:
+            # A file object's write error names no file; the message should.
+            raise OSError(error.errno, error.strerror, output or "standard output") from error
+        raise
     finally:
-        if output:
-            stream.close()
-        else:
-            stream.flush()
+        try:
+            if output:
+                stream.close()
+            else:
+                stream.flush()
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, output or "standard output") from error
 
     elapsed_s = time.perf_counter() - started
     _print_summary(table.stats, capture_stats, anomaly_counts(counters), writer.count, elapsed_s)
     if failure:
         click.echo(f"error: {failure}", err=True)
         sys.exit(EXIT_CAPTURE_ERROR)
+
+
+# errno values of a write that the disk cannot take, as opposed to a capture read error.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _run_capture(capture, reader, table, counters, writer, decode_batch):
