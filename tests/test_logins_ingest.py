@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+from datetime import datetime, timezone
 
 import pytest
 
@@ -322,3 +323,22 @@ def test_traffic_records_stored(conn):
     loaded = storage.load_records(conn)
     assert [(r.outcome, r.flow_id, r.dst_port) for r in loaded] == [("failure", 7, 389), ("success", 7, None)]
     assert ingest_records(conn, [LoginRecord(**{**records[0].to_dict(), "id": None})]) == []
+
+
+@pytest.mark.parametrize("first_line, modified, expected_year", [
+    # Written on 10 December, file last modified 5 December: the year before.
+    (b"Dec 10 06:55:46", (2026, 12, 5, 1, 40), 2025),
+    # Earlier the same month: the modification year.
+    (b"Dec  4 06:55:46", (2026, 12, 5, 1, 40), 2026),
+    # A log begun in December and last written in January.
+    (b"Dec 30 23:00:00", (2027, 1, 5, 0, 0), 2026),
+    # Hours after the modification time in UTC, as local time east of UTC reads.
+    (b"Dec  5 12:00:00", (2026, 12, 5, 1, 40), 2026),
+])
+def test_syslog_year_from_modification_time(conn, tmp_path, first_line, modified, expected_year):
+    log = tmp_path / "auth.log"
+    log.write_bytes(first_line + b" srv sshd[7]: Failed password for root from 192.0.2.1 port 40001 ssh2\n")
+    stamp = datetime(*modified, tzinfo=timezone.utc).timestamp()
+    os.utime(log, (stamp, stamp))
+    [record] = ingest_file(conn, str(log), IngestOptions(format="syslog")).records
+    assert datetime.fromtimestamp(record.ts, tz=timezone.utc).year == expected_year

@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from stat import S_ISREG
 
 from engine.logins import authlog, storage
@@ -103,15 +103,35 @@ def detect_format(head: bytes) -> str:
     return "syslog"
 
 
+# How far a first line may lie after the file's modification time and still
+# be in the modification year: the line is in local time and the
+# modification time in UTC, and local clocks run at most 14 h ahead.
+_YEAR_GUESS_SLACK = timedelta(days=1)
+_BSD_MONTHS = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"]
+
+
 def _guess_year(head: bytes, mtime: float) -> int:
-    # BSD timestamps carry no year: take the file's modification year, minus
-    # one when the first line's month lies after the modification month.
+    # BSD timestamps carry no year. The first line was written before the
+    # file was last modified. So it is in the modification year, unless that
+    # year puts it after the modification time: a log begun on 10 December
+    # and last written on 5 January started the year before.
     modified = datetime.fromtimestamp(mtime, tz=timezone.utc)
-    months = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"]
     text = head.lstrip()
     if text.startswith(b"<"):
         text = text[text.find(b">") + 1 :]
-    if text[:3] in months and months.index(text[:3]) + 1 > modified.month:
+    if text[:3] not in _BSD_MONTHS:
+        return modified.year
+    month = _BSD_MONTHS.index(text[:3]) + 1
+    fields = text[3:].split(None, 2)
+    try:
+        day = int(fields[0])
+        hour, minute, second = (int(part) for part in fields[1].split(b":")[:3])
+        first = datetime(modified.year, month, day, hour, minute, second, tzinfo=timezone.utc)
+    except (IndexError, ValueError):
+        # No usable day and time (or 29 February outside a leap year): the
+        # month alone decides.
+        return modified.year - 1 if month > modified.month else modified.year
+    if first > modified + _YEAR_GUESS_SLACK:
         return modified.year - 1
     return modified.year
 
