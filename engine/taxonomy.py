@@ -55,10 +55,16 @@ ATTACK_CLASSES: dict[str, AttackClass] = {
 }
 
 # Alert categories that no attack class has: the anomaly score's, the
-# passive findings' (engine/policy/findings.py) and the exploit checks'
-# (engine/policy/exploits.py).
+# passive findings' (engine/policy/findings.py), the exploit checks'
+# (engine/policy/exploits.py), the login rules' (engine/logins/detect.py)
+# and the forecasts' (engine/predict/forecast.py).
 OTHER_ALERT_CATEGORIES = ("anomaly", "cleartext_patient_data", "weak_tls", "smbv1", "mqtt_no_auth",
-                          "vulnerable_software", "exploit_attempt")
+                          "vulnerable_software", "exploit_attempt", "account_anomaly", "insider_access",
+                          "privileged_access", "forecast")
+
+# Every category an alert can carry.
+ALERT_CATEGORIES = tuple(sorted({attack.category for attack in ATTACK_CLASSES.values()}
+                                | set(OTHER_ALERT_CATEGORIES)))
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 

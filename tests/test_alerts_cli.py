@@ -47,6 +47,21 @@ def test_list_since_iso_time(tmp_path):
     assert len(result.output.splitlines()) == 1
 
 
+def test_list_rejects_unknown_category_and_nan(tmp_path):
+    store = tmp_path / "s.db"
+    fill_store(store)
+    runner = CliRunner()
+    typo = runner.invoke(main, ["alerts", "list", "--store", str(store), "--category", "scna"])
+    assert typo.exit_code == 2
+    assert "'scna' is not one of" in typo.output
+    nan = runner.invoke(main, ["alerts", "list", "--store", str(store), "--since", "nan"])
+    assert nan.exit_code == 2
+    assert "invalid time 'nan'" in nan.output
+    scans = runner.invoke(main, ["alerts", "list", "--store", str(store), "--category", "scan"])
+    assert scans.exit_code == 0, scans.output
+    assert len(scans.output.splitlines()) == 1
+
+
 def test_list_missing_store(tmp_path):
     result = CliRunner().invoke(main, ["alerts", "list", "--store", str(tmp_path / "none.db")])
     assert result.exit_code == 1

@@ -19,6 +19,7 @@ from engine.analyze.actions import BASE_SEVERITY
 from engine.assets import inventory
 from engine.respond import records
 from engine.respond.cli import respond
+from engine.logins.detect import RULES as LOGIN_RULES
 from engine.respond.playbook import (ALERT_CATEGORIES, PlaybookError, check_command_bus, load_playbook,
                                      parse_playbook)
 from engine.respond.responder import Responder
@@ -239,7 +240,7 @@ def test_misspelt_category_rejected(tmp_path):
     listed = message.split("expected one of ")[1].split(", ")
     assert listed == sorted({attack.category for attack in ATTACK_CLASSES.values()} | {
         "anomaly", "cleartext_patient_data", "weak_tls", "smbv1", "mqtt_no_auth", "vulnerable_software",
-        "exploit_attempt"})
+        "exploit_attempt", "account_anomaly", "insider_access", "privileged_access", "forecast"})
 
 
 def test_class_as_category_hinted():
@@ -296,6 +297,17 @@ def test_every_emitted_category_valid():
     assert "smbv1" in finding_categories
     missing = (set(BASE_SEVERITY) | finding_categories) - set(ALERT_CATEGORIES)
     assert missing == set()
+
+
+def test_login_categories_valid():
+    # A playbook rule for an insider-access login alert must load, not be
+    # rejected as a misspelt category.
+    login_categories = {category for category, _technique, _severity in LOGIN_RULES.values()}
+    assert "insider_access" in login_categories
+    assert login_categories - set(ALERT_CATEGORIES) == set()
+    playbook = parse_playbook({"rules": [{"name": "insider", "categories": ["insider_access"],
+                                          "actions": [{"type": "escalate"}]}]})
+    assert playbook.rules[0].categories == ("insider_access",)
 
 
 # -- command bus at start-up ------------------------------------------------

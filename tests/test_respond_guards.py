@@ -73,6 +73,11 @@ def test_example_playbook_loads():
      "invalid allowlist entry"),
     ({"nftables": {"table": "x; flush ruleset"}, "rules": [{"actions": [{"type": "block"}]}]}, "invalid table"),
     ({"settings": {"dry_run": "no"}, "rules": [{"actions": [{"type": "block"}]}]}, "invalid dry_run"),
+    ({"rules": [{"name": "r", "actions": [{"type": "block"}]}, {"name": "r", "actions": [{"type": "escalate"}]}]},
+     r"duplicate rule name 'r' \(rules\[0\] and rules\[1\]\)"),
+    # An unnamed rule is called rule<index>, which a named one may not take.
+    ({"rules": [{"name": "rule1", "actions": [{"type": "block"}]}, {"actions": [{"type": "escalate"}]}]},
+     "duplicate rule name 'rule1'"),
 ])
 def test_playbook_rejects_invalid(data, message):
     with pytest.raises(PlaybookError, match=message):

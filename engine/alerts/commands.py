@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ import sys
 import click
 
 from engine.store import default_store_path
+from engine.taxonomy import ALERT_CATEGORIES
 
 EXIT_NOT_FOUND = 3
 
@@ -104,9 +106,13 @@ def _parse_since_time(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise click.BadParameter(f"invalid time {value!r}; expected a finite number of seconds since the epoch")
+        return seconds
     try:
         moment = datetime.datetime.fromisoformat(value)
     except ValueError:
@@ -128,7 +134,8 @@ def alerts():
 @click.option("--since", default=None, help="Only alerts last seen at or after this capture time (epoch seconds or ISO 8601, UTC).")
 @click.option("--severity", type=click.Choice(["info", "low", "medium", "high", "critical"]), default=None,
               help="Minimum severity.")
-@click.option("--category", default=None, help="Only this category, e.g. scan or bruteforce.")
+@click.option("--category", type=click.Choice(ALERT_CATEGORIES), default=None,
+              help="Only this category, e.g. scan or bruteforce.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many alerts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
 def list_alerts(store_path, since, severity, category, limit, as_json):

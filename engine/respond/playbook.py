@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.alerts.schema import KINDS, Alert
-from engine.taxonomy import ATTACK_CLASSES, OTHER_ALERT_CATEGORIES, SEVERITIES, severity_rank
+from engine.taxonomy import ALERT_CATEGORIES, ATTACK_CLASSES, SEVERITIES, severity_rank
 
 ACTION_TYPES = ("block", "rate_limit", "isolate", "webhook", "bus_command", "escalate")
 # Actions that cut or slow a host's traffic. A life-critical subject turns
@@ -32,10 +32,6 @@ BUS_COMMANDS = ("block", "rate_limit", "isolate", "notify")
 # receiving end of an exfiltration or the server of a C2 channel.
 SUBJECTS = ("src", "dst", "external")
 DEFAULT_KINDS = ("detection", "policy", "login", "finding")
-# Every category an alert can carry, so a misspelt one fails at load time
-# instead of making its rule never match.
-ALERT_CATEGORIES = tuple(sorted({attack.category for attack in ATTACK_CLASSES.values()}
-                                | set(OTHER_ALERT_CATEGORIES)))
 # Hosts with these roles are escalated instead of disrupted, whatever the rule sets.
 DEFAULT_LIFE_CRITICAL_ROLES = ("infusion_pump", "patient_monitor", "ventilator")
 # Inventory roles (engine/assets/inventory.py) of hosts that patient care
@@ -345,6 +341,16 @@ def parse_playbook(data: dict[str, Any], source: str = "<playbook>") -> Playbook
         raise PlaybookError(f"{source}: no rules; add at least one [[rules]] table")
     playbook = Playbook(rules=[parse_rule(table, index, source) for index, table in enumerate(raw_rules)],
                         path=source)
+    # Action records name their rule, so `respond list` and an audit could
+    # not distinguish two rules of one name.
+    first_index: dict[str, int] = {}
+    for index, rule in enumerate(playbook.rules):
+        if rule.name in first_index:
+            raise PlaybookError(
+                f"{source}: duplicate rule name {rule.name!r} (rules[{first_index[rule.name]}] and rules[{index}]); "
+                "give each rule its own name"
+            )
+        first_index[rule.name] = index
     dry_run = settings.get("dry_run", True)
     if not isinstance(dry_run, bool):
         raise PlaybookError(f"{where}: invalid dry_run {dry_run!r}; expected true or false")
