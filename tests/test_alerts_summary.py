@@ -22,14 +22,25 @@ def make_aggregator(update_interval_s=0.0):
                       RateLimitConfig(per_category_per_minute=0, global_per_minute=0))
 
 
-def scan_hit(t, ports, window_start=None):
+def scan_hit(t, ports, window_start=None, flow_ids=(), src="10.0.0.5"):
     # A port-scan rule detection: `ports` distinct ports in its window.
     evidence = {"distinct_ports": ports, "window_s": 300.0, "origin": "rule:port_scan", "attack_class": "port_scan"}
     if window_start is not None:
         evidence["window_start"] = window_start
     return Alert(category="scan", severity="medium", summary="raw rule text", technique="T1046",
-                 first_seen=t, last_seen=t, src=Endpoint("10.0.0.5"), dst=Endpoint("10.0.0.9"),
-                 protocol="tcp", evidence=evidence)
+                 first_seen=t, last_seen=t, src=Endpoint(src), dst=Endpoint("10.0.0.9"),
+                 protocol="tcp", flow_ids=list(flow_ids), evidence=evidence)
+
+
+def flood_hit(t, attempts, sources, window_start, lower_bound=None):
+    # A SYN-flood rule report of the window that opened at `window_start`.
+    evidence = {"half_open_attempts": attempts, "distinct_sources": sources, "window_s": 10.0,
+                "window_start": window_start, "origin": "rule:syn_flood", "attack_class": "syn_flood"}
+    if lower_bound:
+        evidence["lower_bound"] = lower_bound
+    return Alert(category="dos", severity="high", summary="raw rule text", technique="T1498.001",
+                 first_seen=window_start, last_seen=t, dst=Endpoint("10.0.0.9", 80), protocol="tcp",
+                 evidence=evidence)
 
 
 def model_hit(t, flows, src="192.0.2.1", score=0.9):
@@ -44,8 +55,8 @@ def test_rule_figures_add_across_windows():
     aggregator = make_aggregator()
     first = aggregator.submit(scan_hit(10.0, 15))[0]
     update = aggregator.submit(scan_hit(200.0, 25))[0]
-    assert first.summary == "10.0.0.5 probed at least 15 ports of 10.0.0.9 without getting a service"
-    assert update.summary.startswith("10.0.0.5 probed at least 40 ports of 10.0.0.9")
+    assert first.summary == "10.0.0.5 probed 15 ports of 10.0.0.9 without getting a service"
+    assert update.summary.startswith("10.0.0.5 probed 40 ports of 10.0.0.9")
     assert update.evidence["distinct_ports"] == 40
     assert update.revision == 2
 
@@ -56,8 +67,59 @@ def test_window_reports_replace_not_add():
     # The same window reported again with its running total, then a new window.
     aggregator.submit(scan_hit(11.0, 31, window_start=10.0))
     update = aggregator.submit(scan_hit(200.0, 5, window_start=200.0))[0]
-    assert "at least 36 ports" in update.summary
+    assert "probed 36 ports" in update.summary
     assert update.evidence["distinct_ports"] == 36
+    assert update.count == 2  # two windows; the repeat is no new detection
+
+
+def test_window_repeats_keep_count_and_flow_ids():
+    aggregator = make_aggregator()
+    aggregator.submit(scan_hit(10.0, 15, window_start=10.0, flow_ids=[1, 2]))
+    aggregator.submit(scan_hit(11.0, 20, window_start=10.0, flow_ids=[1, 2, 3]))
+    update = aggregator.submit(scan_hit(12.0, 31, window_start=10.0, flow_ids=[1, 2, 3, 4]))[0]
+    assert update.count == 1
+    assert update.flow_ids == [1, 2, 3, 4]
+    assert update.first_seen == 10.0
+    assert update.last_seen == 12.0
+    assert update.revision == 3
+    assert update.summary == "10.0.0.5 probed 31 ports of 10.0.0.9 without getting a service"
+
+
+def test_window_repeats_state_one_window():
+    # Three reports of one flood window: its figures, not "up to ... per window".
+    aggregator = make_aggregator()
+    aggregator.submit(flood_hit(1.0, 500, 500, window_start=0.0))
+    aggregator.submit(flood_hit(2.0, 650, 640, window_start=0.0))
+    update = aggregator.submit(flood_hit(3.0, 700, 690, window_start=0.0))[0]
+    assert update.summary == "700 half-open connections to 10.0.0.9 port 80 from 690 sources"
+    assert update.count == 1
+
+
+def test_lower_bound_says_at_least():
+    aggregator = make_aggregator()
+    aggregator.submit(flood_hit(1.0, 5000, 4096, window_start=0.0, lower_bound=["distinct_sources"]))
+    update = aggregator.submit(flood_hit(12.0, 600, 600, window_start=11.0))[0]
+    assert update.summary.startswith("5,600 half-open connections to 10.0.0.9 port 80 from at least 4,096 sources"
+                                     " in one window")
+    assert update.evidence["lower_bound"] == ["distinct_sources"]
+
+
+def test_repeats_need_no_rate_token():
+    # One new scan alert per minute: the second scanner's window goes to
+    # the overflow alert, and its repeats stay there without adding to it.
+    aggregator = Aggregator(AggregationConfig(update_interval_s=0.0, quiet_period_s=300.0),
+                            RateLimitConfig(per_category_per_minute=1, global_per_minute=0))
+    opened = aggregator.submit(scan_hit(10.0, 15, window_start=10.0))[0]
+    overflow = aggregator.submit(scan_hit(10.5, 15, window_start=10.5, src="10.0.0.6"))[0]
+    assert overflow.aggregation_key.endswith("*rate-limited*")
+    update = aggregator.submit(scan_hit(11.0, 20, window_start=10.0))[0]
+    assert update.id == opened.id
+    assert update.evidence["distinct_ports"] == 20
+    # A minute later a token is free again, but the window stays in the overflow alert.
+    repeat = aggregator.submit(scan_hit(80.0, 25, window_start=10.5, src="10.0.0.6"))[0]
+    assert repeat.id == overflow.id
+    assert repeat.count == 1
+    assert len(aggregator) == 2
 
 
 def test_model_summary_counts_current_flows():
@@ -84,7 +146,7 @@ def test_other_origin_becomes_clause():
     model_scan.evidence["attack_class"] = "port_scan"
     closing = aggregator.submit(model_scan)[0]
     assert closing.summary == (
-        "10.0.0.5 probed at least 15 ports of 10.0.0.9 without getting a service;"
+        "10.0.0.5 probed 15 ports of 10.0.0.9 without getting a service;"
         " also the model classed 40 flows as port scan; seen over 1 s"
     )
 
@@ -161,7 +223,7 @@ def closed_scan_ports():
 def test_sample_scan_ports_within_tshark(sample_alerts):
     scan = final_revision(sample_alerts, "scan")
     closed = closed_scan_ports()
-    stated = int(scan.summary.split("probed at least ")[1].split(" ")[0])
+    stated = int(scan.summary.split("probed ")[1].split(" ")[0])
     assert stated <= len(closed)
     assert scan.evidence["distinct_ports"] == stated
 
@@ -169,16 +231,16 @@ def test_sample_scan_ports_within_tshark(sample_alerts):
 def test_sample_scan_states_every_port(sample_alerts):
     scan = final_revision(sample_alerts, "scan")
     closed = closed_scan_ports()
-    assert f"probed at least {len(closed)} ports" in scan.summary
+    assert f"probed {len(closed)} ports" in scan.summary
 
 
 def test_sample_arp_replies_within_tshark(sample_alerts):
     spoof = final_revision(sample_alerts, "spoofing")
     replies = tshark_lines("arp.opcode==2 && arp.src.proto_ipv4==10.40.0.1", "eth.src")
     receivers = set(tshark_lines("arp.opcode==2 && arp.src.proto_ipv4==10.40.0.1", "arp.dst.proto_ipv4"))
-    stated = int(spoof.summary.split("sent at least ")[1].split(" ")[0])
+    stated = int(spoof.summary.split(" sent ")[1].split(" ")[0])
     assert set(replies) == {"c8:f7:50:52:00:01"}
-    assert spoof.summary.startswith("c8:f7:50:52:00:01 sent at least")
+    assert spoof.summary.startswith("c8:f7:50:52:00:01 sent ")
     assert "claiming 10.40.0.1 to" in spoof.summary
     assert stated <= len(replies)
     assert spoof.evidence["receivers"] <= len(receivers)
@@ -187,4 +249,4 @@ def test_sample_arp_replies_within_tshark(sample_alerts):
 def test_sample_arp_states_every_reply(sample_alerts):
     spoof = final_revision(sample_alerts, "spoofing")
     replies = tshark_lines("arp.opcode==2 && arp.src.proto_ipv4==10.40.0.1", "eth.src")
-    assert f"sent at least {len(replies)} unsolicited ARP replies" in spoof.summary
+    assert f"sent {len(replies)} unsolicited ARP replies" in spoof.summary

@@ -2,11 +2,13 @@
 
 import socket
 import struct
+import subprocess
 
 import dpkt
 import numpy as np
 import pytest
 
+from conftest import require_tool
 from engine.analyze.pipeline import Pipeline
 from engine.analyze.rules import RuleConfig
 from engine.analyze.pipeline import AnalyzeOptions
@@ -150,12 +152,19 @@ def test_rules_on_real_attack_captures(shared_pcaps, name, attack_class, source)
 
 
 def test_ftp_bruteforce_counts_sessions(shared_pcaps):
-    # tshark -q -z conv,tcp lists 30 connections from 192.168.56.1 to port
-    # 21; the rule fires at its threshold of 10 sessions.
-    detections = run_capture(shared_pcaps / "zeek-ftp-bruteforce.pcap")
-    assert detections[0].evidence["sessions"] == 10
-    assert detections[0].dst_ip == "192.168.56.101"
-    assert detections[0].dst_port == 21
+    capture = shared_pcaps / "zeek-ftp-bruteforce.pcap"
+    # Every connection the client opened to port 21, by its client port.
+    output = subprocess.run(
+        [require_tool("tshark"), "-r", str(capture), "-Y", "tcp.flags.syn==1 && tcp.flags.ack==0 && tcp.dstport==21",
+         "-T", "fields", "-e", "tcp.srcport"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    client_ports = set(output.split())
+    detections = run_capture(capture)
+    # The window's latest report states every session, not the threshold.
+    assert detections[-1].evidence["sessions"] == len(client_ports)
+    assert detections[-1].dst_ip == "192.168.56.101"
+    assert detections[-1].dst_port == 21
 
 
 def test_dns_reflection_is_udp_flood(shared_pcaps):

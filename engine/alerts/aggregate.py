@@ -14,6 +14,14 @@ when the detections' origin has a summary rule (engine/alerts/summary.py);
 other aggregates keep the first detection's summary with the counts
 appended.
 
+A producer may report one capture-time window several times with its
+running totals (evidence "window_start"). A repeat updates the figures,
+flow ids and times of the alert that holds the window, but adds nothing to
+its count, and it needs no rate-limit token. A window first counted by the
+rate-limit overflow alert stays there. A repeat that arrives after its
+alert closed opens a new alert that restates the window's totals, so the
+two alerts overlap.
+
 All times here are capture time (the detections' last_seen), so replaying a
 capture gives the same alerts at any replay speed.
 """
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 
 from engine.alerts.config import AggregationConfig, RateLimitConfig, SuppressionRule
 from engine.alerts.schema import Alert
-from engine.alerts.summary import AggregateFigures
+from engine.alerts.summary import MAX_OPEN_WINDOWS, AggregateFigures, window_identity
 from engine.taxonomy import severity_rank
 
 logger = logging.getLogger(__name__)
@@ -80,6 +88,10 @@ class _Aggregate:
     # empty for other producers and for the rate-limit overflow alert.
     figures: AggregateFigures = field(default_factory=AggregateFigures)
     overflow: bool = False
+    # Windows counted by an overflow aggregate, so their repeats add nothing
+    # to its count. Least recently reported first, bounded by
+    # MAX_OPEN_WINDOWS; a repeat of a window dropped here counts again.
+    overflow_windows: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     sources: set[str] = field(default_factory=set)
     targets: set[str] = field(default_factory=set)
     activity_at: float = 0.0  # capture time of the latest fold
@@ -117,6 +129,9 @@ class Aggregator:
 
         key = self._key(alert)
         aggregate = self._open.get(key)
+        if aggregate is None and self._in_overflow(alert):
+            key = (alert.category, OVERFLOW_KEY_PART)
+            aggregate = self._open[key]
         if aggregate is None:
             if not self._take_rate_token(alert.category):
                 self.counters["rate_limited"] += 1
@@ -163,6 +178,14 @@ class Aggregator:
             return (alert.category, mode, alert.dst.ip or "")
         return (alert.category, mode, alert.src.ip or "", alert.dst.ip or "")
 
+    def _in_overflow(self, alert: Alert) -> bool:
+        """Return True when the category's overflow alert already counted the window `alert` reports."""
+        window = window_identity(alert)
+        if window is None:
+            return False
+        overflow = self._open.get((alert.category, OVERFLOW_KEY_PART))
+        return overflow is not None and window in overflow.overflow_windows
+
     def _take_rate_token(self, category: str) -> bool:
         limits = self.rate_limits
         buckets = []
@@ -205,7 +228,9 @@ class Aggregator:
                 alert.category, own.id,
             )
         aggregate = _Aggregate(alert=own, base_summary=base_summary, activity_at=self.now, overflow=overflow)
-        if not overflow:
+        if overflow:
+            self._remember_overflow_window(aggregate, alert)
+        else:
             aggregate.figures.fold(alert)
         self._remember_addresses(aggregate, alert)
         self._open[key] = aggregate
@@ -214,12 +239,21 @@ class Aggregator:
 
     def _fold(self, aggregate: _Aggregate, alert: Alert) -> None:
         own = aggregate.alert
-        own.count += alert.count
+        if aggregate.overflow:
+            new_detection = self._remember_overflow_window(aggregate, alert)
+        else:
+            new_detection = aggregate.figures.fold(alert)
+        if new_detection:
+            own.count += alert.count
+        else:
+            self.counters["window_repeats"] += 1
         own.first_seen = min(own.first_seen, alert.first_seen)
         own.last_seen = max(own.last_seen, alert.last_seen)
         room = self.config.max_flow_ids - len(own.flow_ids)
         if room > 0 and alert.flow_ids:
-            own.flow_ids.extend(alert.flow_ids[:room])
+            # A window's repeat lists the flow ids of its earlier reports again.
+            known = set(own.flow_ids)
+            own.flow_ids.extend([flow_id for flow_id in alert.flow_ids if flow_id not in known][:room])
         if alert.model_score is not None and (own.model_score is None or alert.model_score > own.model_score):
             # The strongest detection explains the aggregate.
             own.model_score = alert.model_score
@@ -227,12 +261,23 @@ class Aggregator:
             own.top_features = list(alert.top_features)
         if alert.anomaly_score is not None and (own.anomaly_score is None or alert.anomaly_score > own.anomaly_score):
             own.anomaly_score = alert.anomaly_score
-        if not aggregate.overflow:
-            aggregate.figures.fold(alert)
         self._remember_addresses(aggregate, alert)
         aggregate.activity_at = self.now
         aggregate.changed = True
         self.counters["folded"] += 1
+
+    def _remember_overflow_window(self, aggregate: _Aggregate, alert: Alert) -> bool:
+        """Record the window `alert` reports in an overflow aggregate; return False for a repeat."""
+        window = window_identity(alert)
+        if window is None:
+            return True
+        windows = aggregate.overflow_windows
+        repeat = window in windows
+        windows[window] = True
+        windows.move_to_end(window)
+        if len(windows) > MAX_OPEN_WINDOWS:
+            windows.popitem(last=False)
+        return not repeat
 
     def _remember_addresses(self, aggregate: _Aggregate, alert: Alert) -> None:
         limit = self.config.max_distinct_addresses

@@ -10,8 +10,11 @@ detection's.
 Figures fold per origin. Keys in sum_keys add up across detections. A
 producer that reports one capture-time window several times, each report
 with the window's running totals, sets evidence "window_start", and then
-only the latest report of each window counts. Keys in max_keys keep the
-largest value seen.
+only the latest report of each window counts. Such a repeat is not a new
+detection: it adds nothing to the detection count. Keys in max_keys keep
+the largest value seen. A producer names in evidence "lower_bound" the
+figures that may be below the true value, and the summary then says
+"at least".
 """
 
 from __future__ import annotations
@@ -23,9 +26,24 @@ from typing import Callable
 from engine.alerts.schema import Alert
 
 # Windows whose latest figures are kept apart per origin. Past this the
-# oldest window's figures are added to the settled totals and a later
-# report of that window would count twice (counter: windows_settled).
+# least recently reported window's figures are added to the settled totals,
+# and a later report of that window would count twice (counter:
+# windows_settled).
 MAX_OPEN_WINDOWS = 64
+
+
+def window_identity(alert: Alert) -> tuple | None:
+    """Return the identity of the window an alert reports, or None for an alert without "window_start".
+
+    The start time alone could repeat across the keys that fold into one
+    aggregate (two targets of one scanner, two addresses claimed by one
+    MAC), so the identity adds the endpoints and the claimed address.
+    """
+    evidence = alert.evidence or {}
+    start = evidence.get("window_start")
+    if start is None:
+        return None
+    return (start, alert.src.ip, alert.src.mac, alert.dst.ip, alert.dst.port, evidence.get("claimed_address"))
 
 
 @dataclass
@@ -34,23 +52,33 @@ class OriginFigures:
 
     origin: str
     attack_class: str | None
+    # Detections folded; repeated reports of one window count once.
     detections: int = 0
     count: int = 0  # sum of the detections' count fields (flows or events)
     settled: dict[str, float] = field(default_factory=dict)  # sum_keys totals of closed-out windows
-    # window_start -> latest sum_keys figures of that window, oldest first;
-    # bounded by MAX_OPEN_WINDOWS.
+    # window_identity() -> latest sum_keys figures of that window, least
+    # recently reported first; bounded by MAX_OPEN_WINDOWS.
     windows: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     peaks: dict[str, float] = field(default_factory=dict)
+    # Figures that some folded report named as a lower bound; bounded by
+    # the rule's sum_keys and max_keys.
+    lower_bounds: set[str] = field(default_factory=set)
     windows_settled: int = 0
 
-    def fold(self, alert: Alert, rule: SummaryRule | None) -> None:
-        self.detections += 1
-        self.count += alert.count
+    def fold(self, alert: Alert, rule: SummaryRule | None) -> bool:
+        """Fold one detection's figures in; return False when it repeats a window already folded."""
+        window = window_identity(alert)
+        repeat = window is not None and window in self.windows
+        if not repeat:
+            self.detections += 1
+            self.count += alert.count
         if rule is None:
-            return
+            return not repeat
         evidence = alert.evidence
         values = {key: evidence[key] for key in rule.sum_keys if _is_number(evidence.get(key))}
-        window = evidence.get("window_start")
+        bounded = evidence.get("lower_bound")
+        if isinstance(bounded, (list, tuple)):
+            self.lower_bounds.update(key for key in bounded if key in rule.sum_keys or key in rule.max_keys)
         if window is None:
             for key, value in values.items():
                 self.settled[key] = self.settled.get(key, 0) + value
@@ -66,6 +94,7 @@ class OriginFigures:
             value = evidence.get(key)
             if _is_number(value) and value > self.peaks.get(key, float("-inf")):
                 self.peaks[key] = value
+        return not repeat
 
     def total(self, key: str) -> float:
         """Return the folded sum of evidence figure `key` (0 if never reported)."""
@@ -77,6 +106,10 @@ class OriginFigures:
     def peak(self, key: str, default: float = 0) -> float:
         """Return the largest value of evidence figure `key` seen."""
         return self.peaks.get(key, default)
+
+    def at_least(self, key: str) -> str:
+        """Return "at least " when a folded report named figure `key` a lower bound, else ""."""
+        return "at least " if key in self.lower_bounds else ""
 
 
 @dataclass
@@ -122,14 +155,15 @@ class AggregateFigures:
         # Bounded by the number of registered origins times attack classes.
         self.parts: dict[tuple[str, str | None], OriginFigures] = {}
 
-    def fold(self, alert: Alert) -> None:
+    def fold(self, alert: Alert) -> bool:
+        """Fold one detection in; return False when it repeats a window already folded."""
         key = origin_key(alert)
         if key is None:
-            return
+            return True
         part = self.parts.get(key)
         if part is None:
             part = self.parts[key] = OriginFigures(*key)
-        part.fold(alert, summary_rule(key[0]))
+        return part.fold(alert, summary_rule(key[0]))
 
     def lead(self) -> OriginFigures | None:
         """Return the figures of the origin that opened the aggregate, if it is registered."""
@@ -147,6 +181,8 @@ class AggregateFigures:
         for key in rule.max_keys:
             if key in lead.peaks:
                 alert.evidence[key] = lead.peak(key)
+        if lead.lower_bounds:
+            alert.evidence["lower_bound"] = sorted(lead.lower_bounds)
 
     def sentence(self, alert: Alert) -> str | None:
         """Return the summary for `alert` from its registered origins, or None if none is registered."""

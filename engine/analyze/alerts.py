@@ -106,56 +106,66 @@ def _anomaly_clause(part: OriginFigures) -> str:
 def _rule_clause(noun: str, key: str, plural_noun: str | None = None):
     def clause(part: OriginFigures) -> str:
         rule_name = part.origin.partition(":")[2].replace("_", " ")
-        return f"the {rule_name} rule counted at least {plural(part.total(key), noun, plural_noun)}"
+        return f"the {rule_name} rule counted {part.at_least(key)}{plural(part.total(key), noun, plural_noun)}"
     return clause
 
 
+def _peak_per_window(part: OriginFigures, key: str, noun: str, plural_noun: str | None = None) -> str:
+    """Return per_window()'s text for a max_keys figure, or "at least N ... in one window" for a lower bound."""
+    if key not in part.lower_bounds:
+        return per_window(part, key, noun, plural_noun)
+    text = "at least " + plural(part.peak(key), noun, plural_noun)
+    return text if part.detections == 1 else f"{text} in one window"
+
+
 def _port_scan_sentence(alert: Alert, part: OriginFigures) -> str:
-    ports = plural(part.total("distinct_ports"), "port")
-    return f"{_host(alert.src)} probed at least {ports} of {_host(alert.dst)} without getting a service"
+    ports = part.at_least("distinct_ports") + plural(part.total("distinct_ports"), "port")
+    return f"{_host(alert.src)} probed {ports} of {_host(alert.dst)} without getting a service"
 
 
 def _host_sweep_sentence(alert: Alert, part: OriginFigures) -> str:
     port = alert.evidence.get("port", alert.dst.port)
-    hosts = plural(part.total("distinct_hosts"), "host")
-    return f"{_host(alert.src)} tried port {port} on at least {hosts} that did not answer"
+    hosts = part.at_least("distinct_hosts") + plural(part.total("distinct_hosts"), "host")
+    return f"{_host(alert.src)} tried port {port} on {hosts} that did not answer"
 
 
 def _arp_sweep_sentence(alert: Alert, part: OriginFigures) -> str:
-    addresses = plural(part.total("distinct_hosts"), "address", "addresses")
-    return f"{_host(alert.src)} asked ARP for at least {addresses}, the shape of a host sweep"
+    addresses = part.at_least("distinct_hosts") + plural(part.total("distinct_hosts"), "address", "addresses")
+    return f"{_host(alert.src)} asked ARP for {addresses}, the shape of a host sweep"
 
 
 def _bruteforce_sentence(alert: Alert, part: OriginFigures) -> str:
-    sessions = plural(part.total("sessions"), "short login session")
-    return f"{_host(alert.src)} opened at least {sessions} to {_host(alert.dst)} port {alert.dst.port}"
+    sessions = part.at_least("sessions") + plural(part.total("sessions"), "short login session")
+    return f"{_host(alert.src)} opened {sessions} to {_host(alert.dst)} port {alert.dst.port}"
 
 
 def _syn_flood_sentence(alert: Alert, part: OriginFigures) -> str:
-    attempts = plural(part.total("half_open_attempts"), "half-open connection")
-    sources = per_window(part, "distinct_sources", "source")
-    return f"at least {attempts} to {_host(alert.dst)} port {alert.dst.port} from {sources}"
+    attempts = part.at_least("half_open_attempts") + plural(part.total("half_open_attempts"), "half-open connection")
+    sources = _peak_per_window(part, "distinct_sources", "source")
+    return f"{attempts} to {_host(alert.dst)} port {alert.dst.port} from {sources}"
 
 
 def _dns_tunnel_sentence(alert: Alert, part: OriginFigures) -> str:
-    queries = plural(part.total("queries"), "DNS query", "DNS queries")
+    queries = part.at_least("queries") + plural(part.total("queries"), "DNS query", "DNS queries")
     mean_bytes = part.peak("mean_query_payload_bytes")
-    return (f"{_host(alert.src)} sent at least {queries} to {_host(alert.dst)} with a mean payload of up to"
+    return (f"{_host(alert.src)} sent {queries} to {_host(alert.dst)} with a mean payload of up to"
             f" {mean_bytes:.0f} bytes, the shape of data carried in query names")
 
 
 def _reflection_sentence(alert: Alert, part: OriginFigures) -> str:
-    responses = plural(part.total("responses"), "unsolicited UDP response")
-    reflectors = per_window(part, "reflectors", "reflector")
-    return (f"{_host(alert.dst)} received at least {responses} ({part.total('bytes'):,.0f} wire bytes)"
+    responses = part.at_least("responses") + plural(part.total("responses"), "unsolicited UDP response")
+    reflectors = _peak_per_window(part, "reflectors", "reflector")
+    return (f"{_host(alert.dst)} received {responses} ({part.total('bytes'):,.0f} wire bytes)"
             f" from {reflectors}")
 
 
 def _arp_unsolicited_sentence(alert: Alert, part: OriginFigures) -> str:
     sender = alert.evidence.get("mac") or _host(alert.src)
-    replies = plural(part.total("unsolicited_replies"), "unsolicited ARP reply", "unsolicited ARP replies")
+    replies = part.at_least("unsolicited_replies") + plural(
+        part.total("unsolicited_replies"), "unsolicited ARP reply", "unsolicited ARP replies")
     claimed = alert.evidence.get("claimed_address", "an address")
-    return f"{sender} sent at least {replies} claiming {claimed} to {per_window(part, 'receivers', 'host')}"
+    receivers = _peak_per_window(part, "receivers", "host")
+    return f"{sender} sent {replies} claiming {claimed} to {receivers}"
 
 
 def _arp_binding_sentence(alert: Alert, part: OriginFigures) -> str:
@@ -167,10 +177,13 @@ def _arp_binding_sentence(alert: Alert, part: OriginFigures) -> str:
     return text
 
 
-# NOTE: the port-scan and unsolicited-ARP rules re-report a growing window
-# once per batch (evidence "window_start"), so their figures are exact. The
-# other threshold rules (engine/analyze/rules.py) still report a window once,
-# when it reaches the threshold, so their folded figures are lower bounds.
+# The threshold rules report a growing window once per batch with its
+# running totals (evidence "window_start"), so a folded figure is the
+# window's total. "at least" marks a figure the rule named in evidence
+# "lower_bound": a distinct set full at its item cap, or a window opened
+# after its table evicted keys.
+# NOTE: distinct figures (ports, hosts, sessions) add up across the
+# windows of one alert, so an item seen in two windows counts twice.
 _RULES = {
     "model": SummaryRule(_model_sentence, _model_clause),
     "anomaly": SummaryRule(_anomaly_sentence, _anomaly_clause),

@@ -15,6 +15,13 @@ Rules see ended flows in batches (numpy masks pick the candidate flows) and
 keep per-key state in bounded tables: each table holds at most
 `max_keys` keys and drops the least recently updated key when full
 (counter: rule_state_evicted). Windows advance with capture time.
+
+A window at or past its threshold is reported once per batch in which it
+grew, each time with its running totals and evidence "window_start". The
+alert sink keeps only the latest report of each window, so an alert states
+the window's totals. A figure that may be below the true value (a distinct
+set that reached its item cap, or a window opened after the table evicted
+keys) is named in evidence "lower_bound".
 """
 
 from __future__ import annotations
@@ -117,7 +124,11 @@ class RuleHit:
 
 
 class _WindowTable:
-    """Per-key distinct-item sets over a capture-time window, bounded in keys and items."""
+    """Per-key distinct-item sets over a capture-time window, bounded in keys and items.
+
+    An entry's "reported" is the figure its latest report stated (0 before
+    the first), so a rule reports the window again only when it grew.
+    """
 
     def __init__(self, window_s: float, max_keys: int, max_items: int = 4096):
         self.window_s = window_s
@@ -129,8 +140,10 @@ class _WindowTable:
     def add(self, key, item, when: float, flow_id: int) -> dict:
         entry = self.entries.get(key)
         if entry is None or when - entry["start"] > self.window_s:
-            entry = {"start": when, "last": when, "items": set(), "flow_ids": [], "fired": False,
-                     "window_start": when, "reported": 0}
+            # A key evicted earlier may come back here with its older
+            # items lost, and the table cannot tell which keys those are.
+            entry = {"start": when, "last": when, "items": set(), "flow_ids": [],
+                     "window_start": when, "reported": 0, "after_eviction": self.evicted > 0}
             self.entries[key] = entry
             if len(self.entries) > self.max_keys:
                 self.entries.popitem(last=False)
@@ -143,6 +156,23 @@ class _WindowTable:
         if len(entry["flow_ids"]) < 64:
             entry["flow_ids"].append(flow_id)
         return entry
+
+    def items_full(self, entry: dict) -> bool:
+        """Return True when the entry's distinct-item set stopped growing at max_items."""
+        return len(entry["items"]) >= self.max_items
+
+
+def _window_evidence(entry: dict, counted: dict, window_s: float, capped: tuple[str, ...] = (), **other) -> dict:
+    """Return a window report's evidence: its counted figures, `other`, window_s, window_start and lower bounds.
+
+    `capped` names the counted figures whose distinct set is full. After an
+    eviction every counted figure of the window may miss items.
+    """
+    evidence = dict(counted, **other, window_s=window_s, window_start=entry["window_start"])
+    lower_bound = [name for name in counted if entry["after_eviction"] or name in capped]
+    if lower_bound:
+        evidence["lower_bound"] = lower_bound
+    return evidence
 
 
 def _address(raw: np.ndarray, version: int) -> str:
@@ -238,34 +268,40 @@ class FlowRules:
             & ~np.isin(flows["src_port"], AMPLIFIER_PORTS)
         )
         hits = []
-        # (source, target) -> (protocol, entry) of port-scan windows at or past
-        # the threshold that grew in this batch: reported once per batch with
-        # the window's running total, which the alert sink folds by window_start.
+        # Windows at or past their threshold that grew in this batch, each
+        # reported once after the loop with its running totals. They are
+        # keyed by rule key and window start, because a key's window can
+        # expire and restart within one batch. Port scans map
+        # ((source, target), start) -> (protocol, entry), and host sweeps
+        # ((source, port), start) -> (protocol, entry).
         grown_scans = {}
+        grown_sweeps = {}
         for row in np.flatnonzero(failed):
             view = _flow_view(flows[row])
             src, dst, port, when, flow_id = view.src, view.dst, view.dst_port, view.when, view.flow_id
             entry = self.port_scan.add((src, dst), port, when, flow_id)
             if len(entry["items"]) >= c.scan_ports_per_host and len(entry["items"]) > entry["reported"]:
-                entry["fired"] = True
-                grown_scans[(src, dst)] = (view.protocol, entry)
+                grown_scans[((src, dst), entry["window_start"])] = (view.protocol, entry)
             entry = self.host_sweep.add((src, port), dst, when, flow_id)
-            if not entry["fired"] and len(entry["items"]) >= c.sweep_hosts:
-                entry["fired"] = True
-                hits.append(RuleHit(
-                    "host_sweep", "host_sweep", src, None, port, view.protocol,
-                    entry["start"], entry["last"], list(entry["flow_ids"]),
-                    {"distinct_hosts": len(entry["items"]), "port": port, "window_s": c.scan_window_s},
-                    f"{src} tried port {port} on {len(entry['items'])} hosts that did not answer",
-                ))
-        for (src, dst), (protocol, entry) in grown_scans.items():
+            if len(entry["items"]) >= c.sweep_hosts and len(entry["items"]) > entry["reported"]:
+                grown_sweeps[((src, port), entry["window_start"])] = (view.protocol, entry)
+        for ((src, dst), _), (protocol, entry) in grown_scans.items():
             entry["reported"] = len(entry["items"])
+            capped = ("distinct_ports",) if self.port_scan.items_full(entry) else ()
             hits.append(RuleHit(
                 "port_scan", "port_scan", src, dst, None, protocol,
                 entry["start"], entry["last"], list(entry["flow_ids"]),
-                {"distinct_ports": entry["reported"], "window_s": c.scan_window_s,
-                 "window_start": entry["window_start"]},
+                _window_evidence(entry, {"distinct_ports": entry["reported"]}, c.scan_window_s, capped),
                 f"{src} probed {entry['reported']} ports of {dst} without getting a service",
+            ))
+        for ((src, port), _), (protocol, entry) in grown_sweeps.items():
+            entry["reported"] = len(entry["items"])
+            capped = ("distinct_hosts",) if self.host_sweep.items_full(entry) else ()
+            hits.append(RuleHit(
+                "host_sweep", "host_sweep", src, None, port, protocol,
+                entry["start"], entry["last"], list(entry["flow_ids"]),
+                _window_evidence(entry, {"distinct_hosts": entry["reported"]}, c.scan_window_s, capped, port=port),
+                f"{src} tried port {port} on {entry['reported']} hosts that did not answer",
             ))
         return hits
 
@@ -283,19 +319,26 @@ class FlowRules:
             & (total_bytes <= c.bruteforce_max_session_bytes)
             & ~np.isin(flows["conn_state"], _FAILED_STATE_IDS)
         )
-        hits = []
+        # ((source, target, port), window start) -> entry of windows at or
+        # past the threshold that grew in this batch. A session is one client
+        # port, so a flow record split by a timeout counts once.
+        grown = {}
         for row in np.flatnonzero(candidate):
             view = _flow_view(flows[row])
-            src, dst, port = view.src, view.dst, view.dst_port
-            entry = self.bruteforce.add((src, dst, port), view.src_port, view.when, view.flow_id)
-            if not entry["fired"] and len(entry["items"]) >= c.bruteforce_sessions:
-                entry["fired"] = True
-                hits.append(RuleHit(
-                    AUTH_PORTS[port], "bruteforce", src, dst, port, "tcp",
-                    entry["start"], entry["last"], list(entry["flow_ids"]),
-                    {"sessions": len(entry["items"]), "window_s": c.bruteforce_window_s},
-                    f"{src} opened {len(entry['items'])} short login sessions to {dst} port {port}",
-                ))
+            key = (view.src, view.dst, view.dst_port)
+            entry = self.bruteforce.add(key, view.src_port, view.when, view.flow_id)
+            if len(entry["items"]) >= c.bruteforce_sessions and len(entry["items"]) > entry["reported"]:
+                grown[(key, entry["window_start"])] = entry
+        hits = []
+        for ((src, dst, port), _), entry in grown.items():
+            entry["reported"] = len(entry["items"])
+            capped = ("sessions",) if self.bruteforce.items_full(entry) else ()
+            hits.append(RuleHit(
+                AUTH_PORTS[port], "bruteforce", src, dst, port, "tcp",
+                entry["start"], entry["last"], list(entry["flow_ids"]),
+                _window_evidence(entry, {"sessions": entry["reported"]}, c.bruteforce_window_s, capped),
+                f"{src} opened {entry['reported']} short login sessions to {dst} port {port}",
+            ))
         return hits
 
     def _synflood_rule(self, flows):
@@ -316,8 +359,8 @@ class FlowRules:
             version = int(first["ip_version"])
             dst = _address(first["dst_addr"], version)
             port = int(first["dst_port"])
-            start = flows["bidirectional_first_seen_ns"][members].min() / 1e9
-            end = flows["bidirectional_last_seen_ns"][members].max() / 1e9
+            start = int(flows["bidirectional_first_seen_ns"][members].min()) / 1e9
+            end = int(flows["bidirectional_last_seen_ns"][members].max()) / 1e9
             entry = self.synflood.add((dst, port), None, start, int(first["flow_id"]))
             entry.setdefault("attempts", 0)
             entry["attempts"] += int(counts[group])
@@ -327,14 +370,18 @@ class FlowRules:
             if room > 0:
                 distinct = np.unique(flows["src_addr"][members], axis=0)[:room]
                 sources.update(_address(a, version) for a in distinct)
-            if not entry["fired"] and entry["attempts"] >= c.synflood_attempts:
-                entry["fired"] = True
+            # Each group is one key, so a grown window is reported here
+            # once per batch with its running totals.
+            if entry["attempts"] >= c.synflood_attempts and entry["attempts"] > entry["reported"]:
+                entry["reported"] = entry["attempts"]
                 src = next(iter(sources)) if len(sources) == 1 else None
+                capped = ("distinct_sources",) if len(sources) >= _MAX_FLOOD_SOURCES else ()
                 hits.append(RuleHit(
                     "syn_flood", "syn_flood", src, dst, port, "tcp",
                     entry["start"], entry["last"], list(entry["flow_ids"]),
-                    {"half_open_attempts": entry["attempts"], "distinct_sources": len(sources),
-                     "window_s": c.synflood_window_s},
+                    _window_evidence(entry, {"half_open_attempts": entry["attempts"],
+                                             "distinct_sources": len(sources)},
+                                     c.synflood_window_s, capped),
                     f"{entry['attempts']} half-open connections to {dst} port {port} "
                     f"from {len(sources)} sources",
                 ))
@@ -343,25 +390,33 @@ class FlowRules:
     def _dns_rule(self, flows):
         c = self.config
         dns = (flows["dst_port"] == 53) & (flows["src2dst_packets"] > 0)
-        hits = []
+        # ((client, resolver), window start) -> (protocol, entry) of windows
+        # at or past the thresholds that grew in this batch.
+        grown = {}
         for row in np.flatnonzero(dns):
             flow = flows[row]
             view = _flow_view(flow)
-            src, dst = view.src, view.dst
-            entry = self.dns.add((src, dst), None, view.when, view.flow_id)
+            entry = self.dns.add((view.src, view.dst), None, view.when, view.flow_id)
             entry["queries"] = entry.get("queries", 0) + int(flow["src2dst_packets"])
             entry["query_bytes"] = entry.get("query_bytes", 0) + int(flow["src2dst_payload_bytes"])
             mean = entry["query_bytes"] / max(entry["queries"], 1)
-            if not entry["fired"] and entry["queries"] >= c.dns_queries and mean >= c.dns_mean_query_bytes:
-                entry["fired"] = True
-                hits.append(RuleHit(
-                    "dns_tunnel", "dns_tunnel", src, dst, 53, view.protocol,
-                    entry["start"], entry["last"], list(entry["flow_ids"]),
-                    {"queries": entry["queries"], "mean_query_payload_bytes": round(mean, 1),
-                     "window_s": c.dns_window_s},
-                    f"{src} sent {entry['queries']} DNS queries to {dst} with a mean payload of "
-                    f"{mean:.0f} bytes, the shape of data carried in query names",
-                ))
+            # A reported window is reported again as it grows, even after
+            # small queries pulled its mean below the threshold, so the
+            # alert's counts stay the window's.
+            if entry["reported"] or (entry["queries"] >= c.dns_queries and mean >= c.dns_mean_query_bytes):
+                grown[((view.src, view.dst), entry["window_start"])] = (view.protocol, entry)
+        hits = []
+        for ((src, dst), _), (protocol, entry) in grown.items():
+            entry["reported"] = entry["queries"]
+            mean = entry["query_bytes"] / entry["queries"]
+            hits.append(RuleHit(
+                "dns_tunnel", "dns_tunnel", src, dst, 53, protocol,
+                entry["start"], entry["last"], list(entry["flow_ids"]),
+                _window_evidence(entry, {"queries": entry["queries"]}, c.dns_window_s,
+                                 mean_query_payload_bytes=round(mean, 1)),
+                f"{src} sent {entry['queries']} DNS queries to {dst} with a mean payload of "
+                f"{mean:.0f} bytes, the shape of data carried in query names",
+            ))
         return hits
 
     def _reflection_rule(self, flows):
@@ -371,25 +426,31 @@ class FlowRules:
             & (flows["dst2src_packets"] == 0)
             & np.isin(flows["src_port"], AMPLIFIER_PORTS)
         )
-        hits = []
+        # (target, window start) -> entry of windows at or past the
+        # thresholds that grew in this batch.
+        grown = {}
         for row in np.flatnonzero(reflected):
             flow = flows[row]
             view = _flow_view(flow)
-            reflector, target = view.src, view.dst
-            entry = self.reflection.add(target, reflector, view.when, view.flow_id)
+            entry = self.reflection.add(view.dst, view.src, view.when, view.flow_id)
             entry["responses"] = entry.get("responses", 0) + int(flow["src2dst_packets"])
             entry["bytes"] = entry.get("bytes", 0) + int(flow["src2dst_bytes"])
-            if (not entry["fired"] and entry["responses"] >= c.reflection_responses
-                    and len(entry["items"]) >= c.reflection_sources):
-                entry["fired"] = True
-                hits.append(RuleHit(
-                    "udp_flood", "udp_reflection", None, target, None, "udp",
-                    entry["start"], entry["last"], list(entry["flow_ids"]),
-                    {"responses": entry["responses"], "bytes": entry["bytes"],
-                     "reflectors": len(entry["items"]), "window_s": c.reflection_window_s},
-                    f"{target} received {entry['responses']} unsolicited UDP responses "
-                    f"({entry['bytes']:,} bytes) from {len(entry['items'])} reflectors",
-                ))
+            if (entry["responses"] >= c.reflection_responses and len(entry["items"]) >= c.reflection_sources
+                    and entry["responses"] > entry["reported"]):
+                grown[(view.dst, entry["window_start"])] = entry
+        hits = []
+        for (target, _), entry in grown.items():
+            entry["reported"] = entry["responses"]
+            capped = ("reflectors",) if self.reflection.items_full(entry) else ()
+            hits.append(RuleHit(
+                "udp_flood", "udp_reflection", None, target, None, "udp",
+                entry["start"], entry["last"], list(entry["flow_ids"]),
+                _window_evidence(entry, {"responses": entry["responses"], "bytes": entry["bytes"],
+                                         "reflectors": len(entry["items"])},
+                                 c.reflection_window_s, capped),
+                f"{target} received {entry['responses']} unsolicited UDP responses "
+                f"({entry['bytes']:,} bytes) from {len(entry['items'])} reflectors",
+            ))
         return hits
 
     def on_packets(self, packets: np.ndarray) -> list[RuleHit]:
@@ -399,8 +460,11 @@ class FlowRules:
             return []
         c = self.config
         hits = []
-        # (claimed address, MAC) -> entry of unsolicited-reply windows at or
-        # past the threshold that grew in this batch, reported once per batch.
+        # Windows at or past their threshold that grew in this batch, each
+        # reported once after the loops, keyed by rule key and window start.
+        # ARP sweeps are keyed by the asker, unsolicited replies by
+        # (claimed address, MAC).
+        grown_sweeps = {}
         grown_spoofs = {}
         rows = np.flatnonzero(arp & (packets["arp_op"] == ARP_REQUEST))
         for row in rows:
@@ -415,14 +479,8 @@ class FlowRules:
             if len(self.arp_requests) > c.max_keys:
                 self.arp_requests.popitem(last=False)
             entry = self.arp_sweep.add(sender, target, when, 0)
-            if not entry["fired"] and len(entry["items"]) >= c.arp_sweep_hosts:
-                entry["fired"] = True
-                hits.append(RuleHit(
-                    "host_sweep", "arp_sweep", sender, None, None, "arp",
-                    entry["start"], entry["last"], [],
-                    {"distinct_hosts": len(entry["items"]), "window_s": c.scan_window_s},
-                    f"{sender} asked ARP for {len(entry['items'])} addresses, the shape of a host sweep",
-                ))
+            if len(entry["items"]) >= c.arp_sweep_hosts and len(entry["items"]) > entry["reported"]:
+                grown_sweeps[(sender, entry["window_start"])] = entry
         for row in np.flatnonzero(arp & (packets["arp_op"] == ARP_REPLY)):
             packet = packets[row]
             sender = _address(packet["src_addr"], 4)
@@ -440,8 +498,7 @@ class FlowRules:
                 entry = self.arp_unsolicited.add((sender, mac), receiver, when, 0)
                 entry["replies"] = entry.get("replies", 0) + 1
                 if entry["replies"] >= c.arp_unsolicited_replies and entry["replies"] > entry["reported"]:
-                    entry["fired"] = True
-                    grown_spoofs[(sender, mac)] = entry
+                    grown_spoofs[((sender, mac), entry["window_start"])] = entry
             if previous is not None and previous != mac:
                 self.counters["arp_binding_changes"] += 1
                 hits.append(RuleHit(
@@ -450,16 +507,25 @@ class FlowRules:
                     f"ARP replies moved {sender} from {previous} to {mac}",
                     src_mac=mac,
                 ))
-        for (sender, mac), entry in grown_spoofs.items():
+        for (sender, _), entry in grown_sweeps.items():
+            entry["reported"] = len(entry["items"])
+            capped = ("distinct_hosts",) if self.arp_sweep.items_full(entry) else ()
+            hits.append(RuleHit(
+                "host_sweep", "arp_sweep", sender, None, None, "arp",
+                entry["start"], entry["last"], [],
+                _window_evidence(entry, {"distinct_hosts": entry["reported"]}, c.scan_window_s, capped),
+                f"{sender} asked ARP for {entry['reported']} addresses, the shape of a host sweep",
+            ))
+        for ((sender, mac), _), entry in grown_spoofs.items():
             entry["reported"] = entry["replies"]
             # The claimed address belongs to the victim, not the attacker,
             # so the attacker is named by its MAC only.
+            capped = ("receivers",) if self.arp_unsolicited.items_full(entry) else ()
             hits.append(RuleHit(
                 "arp_spoof", "arp_unsolicited_replies", None, None, None, "arp",
                 entry["start"], entry["last"], [],
-                {"claimed_address": sender, "mac": mac, "unsolicited_replies": entry["replies"],
-                 "receivers": len(entry["items"]), "window_s": c.arp_window_s,
-                 "window_start": entry["window_start"]},
+                _window_evidence(entry, {"unsolicited_replies": entry["replies"], "receivers": len(entry["items"])},
+                                 c.arp_window_s, capped, claimed_address=sender, mac=mac),
                 f"{mac} sent {entry['replies']} unsolicited ARP replies claiming {sender} "
                 f"to {len(entry['items'])} hosts",
                 src_mac=mac,
