@@ -151,6 +151,12 @@ cdef int64_t CLOCK_UNSET = -(1 << 62)
 # split the rest of the capture into one-packet flows; a real gap in
 # traffic is confirmed by its second packet. The packet's own flow still
 # times out against its own timestamp.
+# The same rule runs backwards: a packet more than this behind the clock,
+# followed by one no more than this after it, means the clock was stepped
+# back (NTP, a wrong RTC, captures given out of time order), and the clock
+# moves back to it (counter clock_steps_back). Without that, every flow
+# started after the step looked idle at the next sweep. A single old packet
+# followed by one near the clock is an outlier and leaves the clock alone.
 cdef int64_t CLOCK_JUMP_NS = 60 * 1000000000
 
 
@@ -270,6 +276,7 @@ ctypedef struct table_counters:
     uint64_t flows_flushed
     uint64_t timestamp_backwards
     uint64_t timestamp_jumps_held      # a packet far ahead of the clock that the next packet did not confirm
+    uint64_t clock_steps_back          # the clock moved back to a packet far behind it that the next one confirmed
     uint64_t fragments_attributed
     uint64_t fragments_unattributed
     uint64_t fragment_map_overwrites
@@ -291,9 +298,9 @@ ctypedef struct table_state:
     int64_t idle_timeout_ns
     int64_t active_timeout_ns
     int64_t close_delay_ns     # at most idle_timeout_ns; 0 exports a flow when it ends
-    int64_t clock_ns           # largest confirmed capture time: timeouts run on it
+    int64_t clock_ns           # largest confirmed capture time since the last step back: timeouts run on it
     int64_t previous_ts_ns
-    int64_t jump_candidate_ns  # a time far ahead of clock_ns, waiting for a second packet near it
+    int64_t jump_candidate_ns  # a time far ahead of or behind clock_ns, waiting for a second packet near it
     uint64_t next_flow_id
     uint64_t live_flows
     uint16_t community_id_seed
@@ -1067,22 +1074,41 @@ cdef void sweep(table_state *t, uint64_t budget) noexcept nogil:
             t.counters.flows_expired_active += 1
 
 
-cdef inline void advance_clock(table_state *t, int64_t ts_ns) noexcept nogil:
+cdef inline int64_t advance_clock(table_state *t, int64_t ts_ns) noexcept nogil:
+    # Return the time the packet's own flow times out against: the clock,
+    # or the packet's time while a jump ahead or a step back to it waits for
+    # confirmation. A packet after a step back thus joins a flow of its key
+    # seen before the step (as tshark's conversations do) instead of ending
+    # it as idle.
+    # NOTE: an outlier far behind that joins a live flow moves its
+    # first_seen_ns back, so the active timeout may split that flow at its
+    # next packet.
     if t.jump_candidate_ns != CLOCK_UNSET:
-        if ts_ns >= t.jump_candidate_ns - CLOCK_JUMP_NS:
-            # Traffic went on from the far time: a real gap.
-            if t.jump_candidate_ns > t.clock_ns:
+        if t.jump_candidate_ns > t.clock_ns:
+            if ts_ns >= t.jump_candidate_ns - CLOCK_JUMP_NS:
+                # Traffic went on from the far time: a real gap.
                 t.clock_ns = t.jump_candidate_ns
-        else:
-            # The next packet fell back near the old clock: an outlier.
-            t.counters.timestamp_jumps_held += 1
+            else:
+                # The next packet fell back near the old clock: an outlier.
+                t.counters.timestamp_jumps_held += 1
+        elif ts_ns <= t.jump_candidate_ns + CLOCK_JUMP_NS:
+            # Traffic went on from the earlier time: the clock stepped back.
+            # Flows seen before the step keep their later timestamps, so
+            # they stay in the table until the clock passes them again,
+            # a flush or an eviction, and packets of the same key join them.
+            t.clock_ns = t.jump_candidate_ns
+            t.counters.clock_steps_back += 1
         t.jump_candidate_ns = CLOCK_UNSET
     if ts_ns <= t.clock_ns:
-        return
+        if ts_ns < t.clock_ns - CLOCK_JUMP_NS:
+            t.jump_candidate_ns = ts_ns
+            return ts_ns
+        return t.clock_ns
     if t.clock_ns == CLOCK_UNSET or ts_ns - t.clock_ns <= CLOCK_JUMP_NS:
         t.clock_ns = ts_ns
     else:
         t.jump_candidate_ns = ts_ns
+    return ts_ns
 
 
 cdef void process_packet(table_state *t, ww_packet *packet,
@@ -1115,10 +1141,7 @@ cdef void process_packet(table_state *t, ww_packet *packet,
     if packet.ts_ns < t.previous_ts_ns:
         t.counters.timestamp_backwards += 1
     t.previous_ts_ns = packet.ts_ns
-    advance_clock(t, packet.ts_ns)
-    # The arriving packet's flow times out against the packet's own time,
-    # even while a jump in it waits for confirmation.
-    now_ns = packet.ts_ns if packet.ts_ns > t.clock_ns else t.clock_ns
+    now_ns = advance_clock(t, packet.ts_ns)
 
     if later_fragment:
         found = attributed_fragment_slot(t, packet, &direction)
@@ -1341,7 +1364,11 @@ cdef class FlowTableKernel:
                 if i + PREFETCH_DISTANCE // 2 < n:
                     prefetch_entry(&self.t, &ring[(i + PREFETCH_DISTANCE // 2) & (PREFETCH_RING - 1)])
                 process_packet(&self.t, &packets[i], &ring[i & (PREFETCH_RING - 1)])
-            sweep(&self.t, budget)
+            # While a step back waits for its second packet the clock is
+            # still the later one, and the sweep would end the flow of the
+            # packet behind it at once. The next batch sweeps instead.
+            if self.t.jump_candidate_ns == CLOCK_UNSET or self.t.jump_candidate_ns > self.t.clock_ns:
+                sweep(&self.t, budget)
         return self._take_exports()
 
     def flush(self):
@@ -1384,7 +1411,10 @@ cdef class FlowTableKernel:
 
     @property
     def clock_ns(self):
-        """Largest capture time seen, ns; None before the first IP packet."""
+        """Capture time the timeouts run on, ns; None before the first IP packet.
+
+        It is the largest time seen since the last confirmed step back.
+        """
         return None if self.t.clock_ns == CLOCK_UNSET else self.t.clock_ns
 
     @property

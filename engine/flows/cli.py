@@ -260,7 +260,7 @@ def _print_summary(flow_stats, capture_stats, anomalies, flows_written, elapsed_
     for name, count in capture_stats.items():
         if name not in ("packets", "bytes") and count:
             problems[name] = count
-    for name in ("flow_table_full", "flows_evicted", "timestamp_backwards", "timestamp_jumps_held",
+    for name in ("flow_table_full", "flows_evicted", "timestamp_backwards", "timestamp_jumps_held", "clock_steps_back",
                  "fragments_unattributed", "fragment_map_overwrites"):
         if flow_stats.get(name):
             problems[name] = flow_stats[name]

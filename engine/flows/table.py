@@ -39,10 +39,12 @@ class FlowTable:
     key's index neighbours is exported as `end_of_flow`, or else the least
     recently seen one with expiration reason `evicted` (counter
     `flows_evicted`). The counter `flow_table_full` goes up either way. Timeouts run on
-    capture time (the largest packet timestamp seen), never the wall clock:
-    a flow ends `idle` after `idle_timeout_s` without packets and `active`
-    after lasting `active_timeout_s`. A TCP flow closes at a RST, or at the
-    last ACK after FIN from both sides. It is exported as `end_of_flow` once
+    capture time, never the wall clock. That is the largest packet timestamp
+    seen, moved back when two packets in a row confirm a clock step of more
+    than 60 s back (counter `clock_steps_back`). A flow ends `idle` after
+    `idle_timeout_s` without packets and `active` after lasting
+    `active_timeout_s`. A TCP flow closes at a RST, or at the last ACK after
+    FIN from both sides. It is exported as `end_of_flow` once
     `close_delay_s` has passed without a packet, or when a SYN opens a new
     connection on its ports. Packets within the delay join it (counter
     `packets_after_close`).
