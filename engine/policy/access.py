@@ -12,6 +12,13 @@ Rules (Alert kind "policy", category "policy_violation"):
   - clinical_to_internet: HL7, DICOM or MQTT between a site address and the
     internet (always on, no learning needed).
 
+A flow raises at most one policy alert. When several rules fire for it
+(an unregistered HL7 sender that is also a new peer and sends to the
+internet), the most severe rule leads the alert and evidence["rules"]
+lists every rule that fired. The alert pipeline folds policy alerts by
+category and address pair, so one alert per rule would count the flow once
+per rule, and a high rule would raise the pair's medium new_peer alert.
+
 Where the policy file lists values for an asset (allowed peers, calling AE
 titles, move destinations, registered senders), that list decides. Where
 it lists none, the baseline decides once the learning period has ended.
@@ -29,6 +36,7 @@ from engine.alerts.schema import Alert, Endpoint
 from engine.inspect.records import FlowInspection
 from engine.policy.config import CLINICAL_ROLES, Policy
 from engine.policy.zones import INTERNET, ZoneMap
+from engine.taxonomy import severity_rank
 
 
 CLINICAL_PROTOCOLS = ("hl7", "dicom", "mqtt")
@@ -130,7 +138,15 @@ class AccessMonitor:
         return value not in self.baseline.get((asset_ip, kind), set())
 
     def observe(self, result: FlowInspection) -> list[Alert]:
-        """Return the policy alerts one flow's inspection result raises."""
+        """Check one flow's inspection result; return its policy alert, or an empty list.
+
+        The list contains at most one alert, led by the most severe rule
+        that fired, with every fired rule in evidence["rules"].
+        """
+        return _merge_rules(self._rule_alerts(result))
+
+    def _rule_alerts(self, result: FlowInspection) -> list[Alert]:
+        """Return one alert per rule that `result` breaks, in rule order."""
         if not result.protocol:
             return []
         alerts = []
@@ -217,6 +233,26 @@ class AccessMonitor:
             recommended_action="Confirm the peer is authorised; if so add it to the policy file, otherwise isolate it.",
             aggregation_key=f"policy:{rule}:{result.initiator_ip}:{result.responder_ip}",
         )
+
+
+def _merge_rules(alerts: list[Alert]) -> list[Alert]:
+    """Fold the rule alerts of one flow into one alert led by the most severe rule."""
+    if len(alerts) <= 1:
+        for alert in alerts:
+            alert.evidence["rules"] = [alert.evidence["rule"]]
+        return alerts
+    # max() keeps the first of equally severe rules, so rule order breaks ties.
+    lead = max(alerts, key=lambda alert: severity_rank(alert.severity))
+    rules = [alert.evidence["rule"] for alert in alerts]
+    evidence = {}
+    for alert in alerts:
+        evidence.update(alert.evidence)
+    evidence["rule"] = lead.evidence["rule"]
+    evidence["rules"] = rules
+    lead.evidence = evidence
+    others = ", ".join(rule for rule in rules if rule != evidence["rule"])
+    lead.summary = f"{lead.summary} (also {others})"
+    return [lead]
 
 
 def _matches(value: str, allowed) -> bool:
