@@ -2,6 +2,7 @@
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -201,8 +202,10 @@ def test_replay_rejects_invalid_requests(tmp_path):
     with AlertSink(tmp_path / "s.db", bus_config()) as sink:
         sink.publish(detection(1))
         client = ReplayClient(zmq.Context.instance(), sink.replay_endpoint)
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            stream_id = conn.execute("SELECT stream_id FROM alert_stream").fetchone()[0]
         try:
-            assert client.hello() == {"ok": True, "sensor_id": "ward-1", "last_seq": 1}
+            assert client.hello() == {"ok": True, "sensor_id": "ward-1", "stream_id": stream_id, "last_seq": 1}
             with pytest.raises(ReplayError, match="invalid since"):
                 client.request({"op": "since", "since": -1})
             with pytest.raises(ReplayError, match="invalid op"):

@@ -95,7 +95,7 @@ def test_normal_stop_is_not_a_failure(tmp_path, caplog):
     finally:
         subscriber.close()
     assert received == [1, 2]
-    assert "ward-1" in subscriber.stopped
+    assert [sensor_id for sensor_id, _ in subscriber.stopped] == ["ward-1"]
     assert subscriber.counters["gaps_unfilled"] == 0
     messages = [record.getMessage() for record in caplog.records]
     assert "sensor ward-1 stopped normally at seq 2" in messages

@@ -4,8 +4,12 @@ An XSUB socket connects to every sensor's PUB endpoint and subscribes to
 all alerts. An optional XPUB socket re-publishes what arrives and passes
 the downstream subscriptions up to the sensors (an XSUB/XPUB proxy). Each alert
 received is stored once in the merged store with a new collector seq, next
-to the sensor's own sensor_id and seq (see store.py). A seq gap from a
-sensor is filled from that sensor's replay socket when one was given.
+to the sensor's own sensor_id, stream id and seq (see store.py). Seqs are
+tracked per (sensor_id, stream_id), so two sensors that share a sensor id,
+or a sensor restarted with a new store, are kept apart. A seq gap in a
+stream is filled from the replay socket that serves that stream, when one
+was given. A malformed alert body is skipped, counted and logged at a
+limited rate.
 """
 
 from __future__ import annotations
@@ -15,17 +19,22 @@ import logging
 import threading
 import time
 
-import msgpack
 import zmq
 
 from engine.alerts.bus import (
     SEND_HIGH_WATER_MARK,
     CurveClientKeys,
-    ReplayClient,
+    MalformedAlert,
+    ReplayDirectory,
     ReplayError,
+    StreamKey,
+    StreamPositions,
     apply_curve_client,
     apply_curve_server,
     bound_endpoint,
+    count_malformed,
+    decode_alert_body,
+    log_new_stream,
 )
 from engine.alerts.config import check_endpoint
 from engine.alerts.schema import TOPIC_PREFIX
@@ -34,6 +43,11 @@ from engine.alerts.store import AlertStore
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_MS = 100
+# While no message arrives, every replay socket is asked this often for
+# publications after the last seq stored, so a stream whose live messages
+# were all lost (the slow-joiner problem, or a sensor that stopped) is
+# still collected.
+IDLE_CHECK_S = 1.0
 
 
 class Collector:
@@ -90,23 +104,16 @@ class Collector:
 
         self.replay_endpoints = list(replay or [])
         self.curve = curve
-        self._replay_by_sensor: dict[str, ReplayClient] = {}
-        # sensor_id -> highest sensor seq stored; one entry per sensor.
-        self.last_seq: dict[str, int] = {}
+        self.replays = ReplayDirectory(self.context, self.replay_endpoints, curve)
         self.counters = collections.Counter()
+        # Highest sensor seq stored per stream, bounded by MAX_TRACKED_STREAMS.
+        self.last_seq = StreamPositions(self.counters)
         self._stop = threading.Event()
 
     def _connect_replays(self) -> None:
-        for endpoint in self.replay_endpoints:
-            client = ReplayClient(self.context, endpoint, self.curve)
-            try:
-                sensor_id = client.hello()["sensor_id"]
-            except ReplayError as error:
-                logger.warning("replay socket %s failed (%s); seq gaps from its sensor will not be filled",
-                               endpoint, error)
-                client.close()
-                continue
-            self._replay_by_sensor[sensor_id] = client
+        # A socket that fails now is asked again when a stream without a
+        # known replay socket shows up.
+        self.replays.refresh()
 
     def stop(self) -> None:
         self._stop.set()
@@ -114,11 +121,10 @@ class Collector:
     def run(self, idle_timeout_s: float | None = None) -> None:
         """Serve until stop() or, when set, until no message arrived for `idle_timeout_s`."""
         self.store = AlertStore(self.store_path)
-        # A restarted collector resumes each sensor after its last stored seq.
-        for sensor_id, sensor_seq in self.store.conn.execute(
-            "SELECT sensor_id, MAX(sensor_seq) FROM alert_events WHERE sensor_seq IS NOT NULL GROUP BY sensor_id"
-        ):
-            self.last_seq.setdefault(sensor_id, sensor_seq)
+        # A restarted collector resumes each sensor stream after its last stored seq.
+        for key, sensor_seq in self.store.last_sensor_seqs().items():
+            if key not in self.last_seq:
+                self.last_seq.set(key, sensor_seq)
         self._connect_replays()
         try:
             self._serve(idle_timeout_s)
@@ -133,14 +139,20 @@ class Collector:
         if self.backend is not None:
             poller.register(self.backend, zmq.POLLIN)
         last_message_at = time.monotonic()
+        next_idle_check = last_message_at + IDLE_CHECK_S
         logger.info("collector started: %d sensor endpoints, %d replay sockets",
-                    len(self.connect), len(self._replay_by_sensor))
+                    len(self.connect), len(self.replay_endpoints))
         while not self._stop.is_set():
             events = dict(poller.poll(POLL_INTERVAL_MS))
             if self.frontend in events:
                 frames = self.frontend.recv_multipart()
                 last_message_at = time.monotonic()
+                next_idle_check = last_message_at + IDLE_CHECK_S
                 self._handle(frames)
+            elif self.replay_endpoints and time.monotonic() >= next_idle_check:
+                if self._check_replays():
+                    last_message_at = time.monotonic()
+                next_idle_check = time.monotonic() + IDLE_CHECK_S
             if self.backend is not None and self.backend in events:
                 # A downstream (un)subscription: pass it up to the sensors.
                 self.frontend.send(self.backend.recv())
@@ -157,53 +169,87 @@ class Collector:
             self._forward(frames)
             return
         try:
-            header = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            seq, sensor_id = int(header["seq"]), str(header["sensor_id"])
-        except (ValueError, KeyError, TypeError, msgpack.ExtraData) as error:
-            self.counters["malformed"] += 1
-            if self.counters["malformed"] <= 10:
-                logger.warning("skipped malformed message on topic %s: %s", topic, error)
+            alert = decode_alert_body(body)
+        except MalformedAlert as error:
+            count_malformed(self.counters, topic, error)
             return
-        last = self.last_seq.get(sensor_id)
-        if last is None and sensor_id in self._replay_by_sensor:
-            # A new sensor with a replay socket: collect it from its first alert.
-            last = 0
+        seq, key = alert.seq, (alert.sensor_id, alert.stream_id)
+        last = self.last_seq.get(key)
+        if last is None:
+            last = self._first_position(key)
         if last is not None and seq > last + 1:
             self.counters["gaps"] += 1
-            self._fill(sensor_id, last, seq - 1)
-        self._store(sensor_id, seq, topic, body)
+            self._fill(key, last, seq - 1)
+        self._store(key, seq, topic, body)
         self._forward(frames)
 
-    def _store(self, sensor_id: str, seq: int, topic: str, body: bytes) -> None:
-        if self.store.append_received(topic, body) is None:
+    def _check_replays(self) -> bool:
+        """Fetch what each replay socket stored after the last seq collected; return True if anything was."""
+        before = self.counters["replayed"]
+        for endpoint in self.replay_endpoints:
+            hello = self.replays.probe(endpoint)
+            if hello is None:
+                continue
+            key = self.replays.stream_of(endpoint)
+            last = self.last_seq.get(key)
+            if last is None:
+                last = self._first_position(key)
+            if last is not None and hello["last_seq"] > last:
+                self._fill(key, last, hello["last_seq"])
+        return self.counters["replayed"] > before
+
+    def _first_position(self, key: StreamKey) -> int | None:
+        """Return the seq after which a stream first seen is collected, or None to start at its message."""
+        other_streams = self.last_seq.other_streams(key)
+        if other_streams:
+            log_new_stream(key, other_streams)
+            return 0
+        if self.replays.client_for(key) is not None:
+            # A new sensor with a replay socket: collect it from its first alert.
+            return 0
+        return None
+
+    def _store(self, key: StreamKey, seq: int, topic: str, body: bytes) -> None:
+        # The seq counts as collected even when its body is malformed, so
+        # the idle check does not fetch the same body again.
+        self.last_seq.set(key, max(seq, self.last_seq.get(key) or 0))
+        try:
+            collector_seq = self.store.append_received(topic, body, stream_id=key[1])
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            # Only replayed bodies get here undecoded; the live ones were checked.
+            count_malformed(self.counters, topic, error)
+            return
+        if collector_seq is None:
             self.counters["duplicates_dropped"] += 1
         else:
             self.counters["stored"] += 1
-        self.last_seq[sensor_id] = max(seq, self.last_seq.get(sensor_id, 0))
 
-    def _fill(self, sensor_id: str, since: int, until: int) -> None:
-        client = self._replay_by_sensor.get(sensor_id)
+    def _fill(self, key: StreamKey, since: int, until: int) -> None:
+        sensor_id, stream_id = key
+        client = self.replays.client_for(key)
         if client is None:
             self.counters["gaps_unfilled"] += until - since
-            logger.warning("missed alerts %d..%d from sensor %s; no replay socket is known for it",
-                           since + 1, until, sensor_id)
+            logger.warning("missed alerts %d..%d from sensor %s stream %s; no replay socket is known for it",
+                           since + 1, until, sensor_id, stream_id or "(none)")
             return
+        stored_to = since
         try:
-            for seq, topic, body in client.fetch(since, until, [TOPIC_PREFIX]):
-                self._store(sensor_id, seq, topic, body)
+            for seq, topic, body in client.fetch(since, until, [TOPIC_PREFIX], stream_id=stream_id):
+                self._store(key, seq, topic, body)
                 self._forward([topic.encode("ascii"), body])
                 self.counters["replayed"] += 1
+                stored_to = seq
         except ReplayError as error:
-            self.counters["gaps_unfilled"] += until - since
-            logger.warning("filling alerts %d..%d from sensor %s failed: %s", since + 1, until, sensor_id, error)
+            self.counters["gaps_unfilled"] += until - stored_to
+            logger.warning("filling alerts %d..%d from sensor %s stream %s failed: %s", stored_to + 1, until,
+                           sensor_id, stream_id or "(none)", error)
 
     def _forward(self, frames: list[bytes]) -> None:
         if self.backend is not None:
             self.backend.send_multipart(frames)
 
     def close(self) -> None:
-        for client in self._replay_by_sensor.values():
-            client.close()
+        self.replays.close()
         self.frontend.close()
         if self.backend is not None:
             self.backend.close()

@@ -170,27 +170,35 @@ def show_alert(store_path, alert_id_or_seq):
 @click.option("--topic", "topics", multiple=True, help="Topic prefix such as alert.high. or alert.high.scan; repeatable (default: all alerts).")
 @click.option("--since", type=click.IntRange(min=0), default=None,
               help="Last seq already received; print every publication after it, then follow live ones (needs --replay).")
+@click.option("--stream", "since_stream", default=None,
+              help="Stream id that --since counts in (the stream_id of the last alert received); a sensor that"
+                   " now serves another stream is printed from seq 1.")
 @click.option("--replay", "replay", multiple=True, help="Replay endpoint of a sensor, to fill seq gaps; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
 @click.option("--max-alerts", type=click.IntRange(min=1), default=None, help="Exit after printing this many alerts.")
 @click.option("--idle-exit-s", type=click.FloatRange(min=0.1), default=None, help="Exit after this many seconds without an alert.")
 @_curve_client_options
-def tail_alerts(connect, topics, since, replay, as_json, max_alerts, idle_exit_s, curve_secret, curve_server_key):
-    """Subscribe to the alert bus and print every publication once, in seq order.
+def tail_alerts(connect, topics, since, since_stream, replay, as_json, max_alerts, idle_exit_s, curve_secret,
+                curve_server_key):
+    """Subscribe to the alert bus and print every publication once, in seq order per sensor stream.
 
     An aggregated alert is published again when it grows or closes, and each
     of these revisions has its own seq and line (rN in the text line, the
-    revision field in JSON). Seq gaps are filled from --replay.
+    revision field in JSON). Seq gaps are filled from --replay. Seqs count
+    per stream (one per sensor store, the stream_id field in JSON), so two
+    sensors with one sensor id, or a sensor restarted with a new store, are
+    followed apart.
     """
-    from engine.alerts.bus import GapFillingSubscriber, ReplayError
-    from engine.alerts.schema import unpack_alert
+    from engine.alerts.bus import GapFillingSubscriber, MalformedAlert, ReplayError, count_malformed, decode_alert_body
 
     if since is not None and not replay:
         raise click.UsageError("--since needs --replay ENDPOINT to fetch what was missed")
+    if since_stream is not None and since is None:
+        raise click.UsageError("--stream names the stream of --since; pass --since SEQ too")
     try:
         subscriber = GapFillingSubscriber(
             list(connect), topics=list(topics) or None, replay=list(replay), since=since,
-            curve=_curve_client_keys(curve_secret, curve_server_key),
+            curve=_curve_client_keys(curve_secret, curve_server_key), since_stream=since_stream,
         )
     except ValueError as error:
         raise click.BadParameter(str(error)) from error
@@ -198,11 +206,11 @@ def tail_alerts(connect, topics, since, replay, as_json, max_alerts, idle_exit_s
     printed = 0
     try:
         subscriber.start()
-        for sensor_id, last_seq in subscriber.since_ahead.items():
+        for (sensor_id, stream_id), last_seq in subscriber.since_ahead.items():
             click.echo(
-                f"warning: --since {since} is ahead of sensor {sensor_id}, whose last seq is {last_seq};"
-                f" printing its publications from seq {last_seq + 1} on. If its store was replaced,"
-                " run again with --since 0 to print everything it stored.",
+                f"warning: --since {since} is ahead of sensor {sensor_id}, whose last seq is {last_seq} in"
+                f" stream {stream_id or '(none)'}; printing its publications from seq {last_seq + 1} on. If its"
+                " store was replaced, run again with --since 0 to print everything it stored.",
                 err=True,
             )
         while max_alerts is None or printed < max_alerts:
@@ -211,7 +219,11 @@ def tail_alerts(connect, topics, since, replay, as_json, max_alerts, idle_exit_s
                 break
             if received.seq is None:
                 continue
-            alert = unpack_alert(received.body)
+            try:
+                alert = decode_alert_body(received.body)
+            except MalformedAlert as error:
+                count_malformed(subscriber.counters, received.topic, error)
+                continue
             click.echo(json.dumps(alert.to_dict()) if as_json else format_alert_line(alert))
             sys.stdout.flush()
             printed += 1
@@ -223,6 +235,8 @@ def tail_alerts(connect, topics, since, replay, as_json, max_alerts, idle_exit_s
         subscriber.close()
     if subscriber.counters["gaps_unfilled"]:
         click.echo(f"warning: {subscriber.counters['gaps_unfilled']} alerts were missed and could not be replayed", err=True)
+    if subscriber.counters["malformed"]:
+        click.echo(f"warning: skipped {subscriber.counters['malformed']} malformed messages", err=True)
 
 
 @click.group("keys")
@@ -308,7 +322,8 @@ def collect(connect, replay, store_path, bind, idle_exit_s, curve_secret, curve_
         counters = dict(collector.counters)
         collector.close()
     click.echo(f"stored {counters.get('stored', 0)} alerts, {counters.get('replayed', 0)} replayed,"
-               f" {counters.get('gaps_unfilled', 0)} missed", err=True)
+               f" {counters.get('gaps_unfilled', 0)} missed, {counters.get('malformed', 0)} malformed skipped",
+               err=True)
 
 
 def alert_sink_options(function):
@@ -319,7 +334,8 @@ def alert_sink_options(function):
         click.option("--replay-bind", "replay_endpoint", default=None, help="Replay endpoint to bind (default: tcp://127.0.0.1:5557)."),
         click.option("--no-bus", is_flag=True, help="Do not open the bus or the replay socket."),
         click.option("--curve-server-secret", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="Secret certificate (NAME.key_secret) to serve the bus with CURVE."),
+                     help="Secret certificate (NAME.key_secret) to serve the bus with CURVE. Without"
+                          " --curve-allow, any client key is accepted."),
         click.option("--curve-allow", type=click.Path(exists=True, file_okay=False), default=None,
                      help="Directory of client public certificates allowed to connect."),
         click.option("--eve", "eve_path", type=click.Path(dir_okay=False), default=None, help="Append EVE/ECS JSON lines to this file."),

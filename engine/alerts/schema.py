@@ -7,7 +7,8 @@ sensor's wall-clock time.
 
 Every publication of an alert (its first report and each later update of an
 aggregated alert) gets its own `seq` from the store, so a consumer sees one
-gap-free sequence per store and can fetch what it missed by seq.
+gap-free sequence per store and can fetch what it missed by seq. The
+store's `stream_id` distinguishes two stores that publish under one sensor_id.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import msgpack
 
 from engine.taxonomy import severity_rank
 
-SCHEMA_VERSION = 1
+# 2 added stream_id.
+SCHEMA_VERSION = 2
 
 # Alert kinds, by the part of WardWatch that produced the alert.
 KINDS = (
@@ -85,6 +87,7 @@ class Alert:
     state: str = "open"  # "open" while an aggregate can still grow, "closed" on its final publication
     distinct_sources: int = 1  # distinct source addresses folded in (capped, see aggregate.py)
     distinct_targets: int = 1  # distinct destination addresses folded in (capped, see aggregate.py)
+    stream_id: str = ""  # the store's random stream id, set with seq; "" from a sensor before schema 2
 
     def to_dict(self) -> dict[str, Any]:
         """Return the alert as plain dicts and lists (for msgpack and JSON)."""

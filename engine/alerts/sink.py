@@ -295,7 +295,7 @@ class AlertSink:
                 # Sent after the replay socket closed: subscribers know that
                 # what they missed is now only in the store.
                 notice = {"type": "sensor_stopped", "sensor_id": self.config.sensor_id,
-                          "last_seq": self.store.last_seq()}
+                          "stream_id": self.store.stream_id, "last_seq": self.store.last_seq()}
                 self.publisher.send(STOPPED_TOPIC, msgpack.packb(notice, use_bin_type=True))
             self.publisher.close()
             self.publisher = None
@@ -310,19 +310,17 @@ class AlertSink:
             self.eve = None
         if self.cef is not None:
             undelivered = self.cef.counters["dropped"]
-            if undelivered and self.cef.transport == "udp":
-                # UDP reports a closed port only on some later send, so the
-                # messages that seemed sent may be lost as well.
+            if undelivered:
+                # Neither transport confirms delivery: UDP reports a closed
+                # port only on some later send, and TCP hands a message to
+                # the kernel even when the collector has closed without
+                # reading. Messages counted as sent may be lost as well.
+                hint = "listens there" if self.cef.transport == "udp" else "accepts connections and reads them"
                 logger.warning(
-                    "at least %d of %d CEF messages were not delivered to %s (UDP confirms no delivery);"
-                    " check that the syslog collector listens there, and find the alerts in the store",
+                    "at least %d of %d CEF messages were not delivered to %s (%s confirms no delivery);"
+                    " check that the syslog collector %s, and find the alerts in the store",
                     undelivered, undelivered + self.cef.counters["sent"], self.cef.target,
-                )
-            elif undelivered:
-                logger.warning(
-                    "%d of %d CEF messages were not delivered to %s; check that the syslog collector"
-                    " accepts connections, and find the alerts in the store",
-                    undelivered, undelivered + self.cef.counters["sent"], self.cef.target,
+                    self.cef.transport.upper(), hint,
                 )
             self.cef.close()
             self.cef = None

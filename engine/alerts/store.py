@@ -5,9 +5,16 @@ PRIMARY KEY. append() assigns max(seq)+1 and rows are never deleted, so seq
 has no gaps. A rolled-back publication leaves no row and uses no number. The bus and the replay socket both serve bodies from this table,
 which is why a publication is committed here before it is sent.
 
+Each store is one alert stream: alert_stream contains a random stream id,
+created with the store, that every publication carries next to its seq.
+Two stores never share a stream id, so a consumer that tracks seqs per
+(sensor_id, stream_id) keeps apart two sensors with the same sensor id, and
+a sensor whose store was replaced (seqs starting again at 1).
+
 In a collector's merged store, alert_events.seq is the collector's own
-sequence, and sensor_id and sensor_seq keep each sensor's sequence, unique
-per sensor so a message received twice is stored once.
+sequence, and sensor_id, sensor_stream_id and sensor_seq keep each sensor's
+sequence, unique per sensor stream so a message received twice is stored
+once.
 """
 
 from __future__ import annotations
@@ -54,10 +61,15 @@ CREATE TABLE IF NOT EXISTS alert_events (
     published_at REAL NOT NULL,       -- wall-clock seconds since the epoch
     sensor_id TEXT NOT NULL,
     sensor_seq INTEGER,               -- the sensor's seq; set in a collector's store only
-    body BLOB NOT NULL                -- msgpack body exactly as sent on the bus
+    body BLOB NOT NULL,               -- msgpack body exactly as sent on the bus
+    sensor_stream_id TEXT NOT NULL DEFAULT ''  -- the sensor's stream id; set in a collector's store only
 );
-CREATE UNIQUE INDEX IF NOT EXISTS alert_events_sensor_seq
-    ON alert_events (sensor_id, sensor_seq) WHERE sensor_seq IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS alert_stream (
+    id INTEGER PRIMARY KEY CHECK (id = 1),  -- one row: the store is one stream
+    stream_id TEXT NOT NULL,          -- 32 hex digits, random, created with the store
+    created_at REAL NOT NULL          -- wall-clock seconds since the epoch
+);
 
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -87,9 +99,53 @@ MAX_PAGE_SIZE = 1_000
 MAX_SQLITE_INTEGER = 2**63 - 1
 
 
+# Created after the migration in ensure_schema(), because a store written
+# before stream ids has no sensor_stream_id column to index yet.
+INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS alert_events_sensor_stream_seq
+    ON alert_events (sensor_id, sensor_stream_id, sensor_seq) WHERE sensor_seq IS NOT NULL;
+"""
+
+
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the alert tables if they do not exist yet."""
+    """Create the alert tables if they do not exist yet, and migrate a store written before stream ids.
+
+    The migration adds alert_events.sensor_stream_id ('' for the rows
+    already stored) and replaces the (sensor_id, sensor_seq) unique index,
+    which would reject a second stream of the same sensor, with one that
+    includes the stream. A store without a stream id gets a new one.
+    """
     conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(alert_events)")}
+    if "sensor_stream_id" not in columns:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated between the check and the lock.
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(alert_events)")}
+            if "sensor_stream_id" not in columns:
+                conn.execute("ALTER TABLE alert_events ADD COLUMN sensor_stream_id TEXT NOT NULL DEFAULT ''")
+            conn.execute("DROP INDEX IF EXISTS alert_events_sensor_seq")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    conn.executescript(INDEXES)
+    # The fixed row id makes a second process's insert a no-op, so two
+    # processes opening a new store at once agree on one stream id.
+    conn.execute(
+        "INSERT INTO alert_stream (id, stream_id, created_at) VALUES (1, ?, ?) ON CONFLICT (id) DO NOTHING",
+        (uuid.uuid4().hex, time.time()),
+    )
+
+
+def read_stream_id(conn: sqlite3.Connection) -> str:
+    """Return the stream id of the store, or '' for a store written before stream ids (read-only there)."""
+    try:
+        row = conn.execute("SELECT stream_id FROM alert_stream WHERE id = 1").fetchone()
+    except sqlite3.OperationalError:
+        # A read-only store written before stream ids has no such table.
+        return ""
+    return row[0] if row is not None else ""
 
 
 @dataclass
@@ -109,6 +165,7 @@ class AlertStore:
         self.conn = open_store(path, read_only=read_only)
         if not read_only:
             ensure_schema(self.conn)
+        self.stream_id = read_stream_id(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -122,7 +179,7 @@ class AlertStore:
     def append(self, alert: Alert) -> Publication:
         """Assign the next seq to `alert`, store it and commit; return what to publish.
 
-        Sets alert.seq. The alerts row is replaced by this revision unless
+        Sets alert.seq and alert.stream_id. The alerts row is replaced by this revision unless
         the stored one has a higher revision.
         """
         conn = self.conn
@@ -130,6 +187,7 @@ class AlertStore:
         try:
             row = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM alert_events").fetchone()
             alert.seq = row[0]
+            alert.stream_id = self.stream_id
             body = pack_alert(alert)
             topic = alert.topic
             conn.execute(
@@ -148,29 +206,34 @@ class AlertStore:
             raise
         return Publication(alert.seq, topic, body)
 
-    def append_received(self, topic: str, body: bytes) -> int | None:
+    def append_received(self, topic: str, body: bytes, stream_id: str | None = None) -> int | None:
         """Store a publication received from a sensor's bus under a new collector seq.
 
-        Returns the collector seq, or None when this (sensor_id, seq) is
-        already stored.
+        `stream_id` is the sensor stream the publication came from; None
+        takes it from the body (replay replies name it for bodies stored
+        before stream ids). Returns the collector seq, or None when this
+        (sensor_id, stream_id, seq) is already stored. Raises ValueError
+        for a body that is not an alert record.
         """
         alert = unpack_alert(body)
         if alert.seq is None:
             raise ValueError(f"received alert {alert.id} has no seq; the sender must set it")
+        if stream_id is None:
+            stream_id = alert.stream_id
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             seen = conn.execute(
-                "SELECT 1 FROM alert_events WHERE sensor_id = ? AND sensor_seq = ?",
-                (alert.sensor_id, alert.seq),
+                "SELECT 1 FROM alert_events WHERE sensor_id = ? AND sensor_stream_id = ? AND sensor_seq = ?",
+                (alert.sensor_id, stream_id, alert.seq),
             ).fetchone()
             if seen is not None:
                 conn.execute("ROLLBACK")
                 return None
             cursor = conn.execute(
-                "INSERT INTO alert_events (alert_id, revision, topic, published_at, sensor_id, sensor_seq, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (alert.id, alert.revision, topic, time.time(), alert.sensor_id, alert.seq, body),
+                "INSERT INTO alert_events (alert_id, revision, topic, published_at, sensor_id, sensor_seq,"
+                " sensor_stream_id, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (alert.id, alert.revision, topic, time.time(), alert.sensor_id, alert.seq, stream_id, body),
             )
             collector_seq = cursor.lastrowid
             # The alerts row keeps the sensor's seq inside the body; its seq
@@ -273,6 +336,14 @@ class AlertStore:
         yield from self.conn.execute(
             "SELECT seq, sensor_id, sensor_seq, body FROM alert_events ORDER BY seq"
         )
+
+    def last_sensor_seqs(self) -> dict[tuple[str, str], int]:
+        """Return the highest sensor seq stored per (sensor_id, sensor stream id), in a collector's store."""
+        rows = self.conn.execute(
+            "SELECT sensor_id, sensor_stream_id, MAX(sensor_seq) FROM alert_events"
+            " WHERE sensor_seq IS NOT NULL GROUP BY sensor_id, sensor_stream_id"
+        )
+        return {(sensor_id, stream_id): last for sensor_id, stream_id, last in rows}
 
 
 @dataclass

@@ -98,8 +98,12 @@ def respond(ctx, playbook_path, policy_path, connect, replay, store_path, apply_
             commands.close()
         raise click.ClickException(str(error)) from None
 
+    from engine.respond.positions import load_positions
+
     try:
-        subscriber = GapFillingSubscriber(list(connect), topics=list(topics) or None, replay=list(replay))
+        resume_from = load_positions(conn)
+        subscriber = GapFillingSubscriber(list(connect), topics=list(topics) or None, replay=list(replay),
+                                          positions=resume_from)
     except ValueError as error:
         if commands is not None:
             commands.close()
@@ -109,6 +113,9 @@ def respond(ctx, playbook_path, policy_path, connect, replay, store_path, apply_
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     mode = "DRY RUN: nothing will be changed" if dry_run else "ENFORCING"
     click.echo(f"respond: {mode}; playbook {playbook_path}, {len(playbook.rules)} rules", err=True)
+    if resume_from:
+        click.echo(f"respond: resuming {len(resume_from)} alert streams after the last seq handled in each"
+                   + ("" if replay else "; without --replay, alerts published while stopped are missed"), err=True)
     try:
         run_responder(responder, subscriber, stop, idle_exit_s)
     except KeyboardInterrupt:

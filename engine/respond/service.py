@@ -8,6 +8,7 @@ import time
 
 from engine.alerts.bus import GapFillingSubscriber
 from engine.alerts.schema import TOPIC_PREFIX, unpack_alert
+from engine.respond import positions
 from engine.respond.responder import Responder
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,16 @@ LOG_EVERY_INVALID = 100
 
 def run_responder(responder: Responder, subscriber: GapFillingSubscriber, stop: threading.Event | None = None,
                   idle_exit_s: float | None = None) -> None:
-    """Handle alerts until `stop` is set or nothing arrives for `idle_exit_s` seconds."""
+    """Handle alerts until `stop` is set or nothing arrives for `idle_exit_s` seconds.
+
+    After each alert (handled or skipped as undecodable) its seq is stored
+    as the position in its stream, so a restarted responder resumes after
+    it. NOTE: a crash between an alert's actions and that write makes the
+    restarted responder handle the alert again. The in-force table turns a
+    repeated block into a no-op, but a webhook is sent twice.
+    """
     stop = stop or threading.Event()
+    positions.ensure_schema(responder.conn)
     last_message = time.monotonic()
     log.info("responder started (%s), actor %s", "dry run" if responder.dry_run else "enforcing",
              responder.actor)
@@ -44,6 +53,8 @@ def run_responder(responder: Responder, subscriber: GapFillingSubscriber, stop: 
             if responder.counters["invalid_bodies"] % LOG_EVERY_INVALID == 1:
                 log.warning("skipped an undecodable alert body on %s (seq %s): %s; %d so far",
                             received.topic, received.seq, error, responder.counters["invalid_bodies"])
-            continue
-        responder.handle(alert)
+        else:
+            responder.handle(alert)
+        if received.seq is not None:
+            positions.save_position(responder.conn, (received.sensor_id, received.stream_id), received.seq)
     log.info("responder stopped: %s", dict(responder.counters))
