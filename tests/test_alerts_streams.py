@@ -469,3 +469,20 @@ def test_since_other_stream_reads_from_one(tmp_path, caplog):
             subscriber.close()
     assert [m.seq for m in received] == [1, 2, 3, 4]
     assert any("since 2 counts in stream " + "0" * 32 in r.getMessage() for r in caplog.records)
+
+
+def test_collector_idle_check_fetches_stream(tmp_path):
+    with AlertSink(tmp_path / "a.db", bus_config()) as sink:
+        # Published before the collector exists, so none arrives live.
+        for i in range(3):
+            sink.publish(detection(i))
+        collector = Collector([sink.bus_endpoint], str(tmp_path / "merged.db"), replay=[sink.replay_endpoint])
+        try:
+            collector.run(idle_timeout_s=2.5)
+        finally:
+            collector.close()
+    stream_id, seqs = stored_stream(tmp_path / "a.db")
+    with sqlite3.connect(tmp_path / "merged.db") as conn:
+        rows = conn.execute("SELECT sensor_stream_id, sensor_seq FROM alert_events ORDER BY seq").fetchall()
+    assert rows == [(stream_id, seq) for seq in seqs]
+    assert collector.counters["replayed"] == 3

@@ -66,9 +66,14 @@ logger = logging.getLogger(__name__)
 SEND_HIGH_WATER_MARK = 100_000
 REPLAY_POLL_INTERVAL_MS = 100
 REPLY_TIMEOUT_MS = 5_000
-# Wait for a hello reply from a sensor that announced a stop; the idle
-# check blocks the receive loop this long per stopped sensor.
+# Wait for a hello reply from a sensor that announced a stop. The idle
+# check blocks the receive loop this long per stopped sensor, so the probe
+# is best effort: a sensor that needs longer is found by its next live
+# message instead.
 STOPPED_PROBE_TIMEOUT_MS = 100
+# Wait for a hello reply from a replay socket that failed before, long
+# enough for a TCP and CURVE handshake over a slow link.
+FAILING_PROBE_TIMEOUT_MS = 1_000
 STOPPED_TOPIC = "sensor.stopped"
 # Distinct rejected CURVE keys logged; past this, every 1000th rejection is.
 # A client retries its handshake about every 100 ms, so each rejected key is
@@ -596,11 +601,11 @@ class ReplayDirectory:
     def probe(self, endpoint: str) -> dict | None:
         """Send hello to `endpoint` and return the reply, or None when it fails (logged once per outage).
 
-        An endpoint that failed before gets STOPPED_PROBE_TIMEOUT_MS rather
+        An endpoint that failed before gets FAILING_PROBE_TIMEOUT_MS rather
         than the full reply timeout, so a sensor that is down does not
         block its consumer for seconds on every probe.
         """
-        timeout_ms = STOPPED_PROBE_TIMEOUT_MS if endpoint in self._failing else None
+        timeout_ms = FAILING_PROBE_TIMEOUT_MS if endpoint in self._failing else None
         try:
             return self.hello(endpoint, timeout_ms)
         except ReplayError as error:
