@@ -20,6 +20,7 @@ from engine.alerts.config import AlertConfig
 from engine.alerts.schema import Alert, Endpoint, unpack_alert
 from engine.alerts.sink import AlertSink
 from engine.alerts.store import AlertStore
+from tests.waiting import drain
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_ANY_PORT = "tcp://127.0.0.1:*"
@@ -37,15 +38,6 @@ def bus_config(sensor_id="ward-1", **overrides):
         setattr(config, name, value)
     return config
 
-
-def drain(subscriber, expected, timeout_s=10.0):
-    received = []
-    deadline = time.monotonic() + timeout_s
-    while len(received) < expected and time.monotonic() < deadline:
-        message = subscriber.receive(timeout_s=0.5)
-        if message is not None and message.seq is not None:
-            received.append(message)
-    return received
 
 
 def test_subscriber_receives_every_alert(tmp_path):

@@ -33,6 +33,7 @@ from engine.respond.positions import load_positions
 from engine.respond.responder import Responder
 from engine.respond.service import run_responder
 from engine.store import open_store
+from tests.waiting import drain, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_ANY_PORT = "tcp://127.0.0.1:*"
@@ -57,25 +58,6 @@ def stored_stream(path):
         stream_id = conn.execute("SELECT stream_id FROM alert_stream").fetchone()[0]
         seqs = [row[0] for row in conn.execute("SELECT seq FROM alert_events ORDER BY seq")]
     return stream_id, seqs
-
-
-def wait_until(predicate, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def drain(subscriber, expected, timeout_s=10.0):
-    received = []
-    deadline = time.monotonic() + timeout_s
-    while len(received) < expected and time.monotonic() < deadline:
-        message = subscriber.receive(timeout_s=0.3)
-        if message is not None and message.seq is not None:
-            received.append(message)
-    return received
 
 
 def test_store_stream_id_kept_on_reopen(tmp_path):

@@ -24,6 +24,7 @@ from engine.respond.playbook import parse_playbook
 from engine.respond.responder import Responder, undo_action
 from engine.respond.service import run_responder
 from engine.store import open_store
+from tests.waiting import wait_until
 
 SOURCE_IP = "198.51.100.23"
 
@@ -48,14 +49,6 @@ class FakeClock:
     def __call__(self):
         return self.now
 
-
-def wait_until(predicate, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def receive_command(socket, timeout_ms=5000):
