@@ -41,6 +41,12 @@ class AnalyzeOptions:
     # Live flows older than this are scored every interim_interval_s of
     # capture time, so a long exfiltration is reported while it runs.
     interim_interval_s: float = 60.0
+    # An interim snapshot can hold tens of thousands of live flows, and
+    # scoring them all in one batch stalled a live worker for seconds while
+    # its capture ring filled. So each batch computes features and model
+    # scores for at most this many snapshot flows, and the verdicts on the
+    # whole snapshot follow in the batch that scores its last flows.
+    interim_flows_per_batch: int = 4096
     # Anomaly detections need the model's anomaly score above its threshold
     # and, as a guard against noise, at least this many packets in the flow.
     anomaly_min_packets: int = 3
@@ -180,11 +186,30 @@ def _distinct_per_group(group_keys: np.ndarray, item_keys: np.ndarray) -> np.nda
     return items_per_group[row_group.ravel()]
 
 
+@dataclass
+class _PendingInterim:
+    """An interim snapshot whose flows are being scored over several batches."""
+
+    flows: np.ndarray
+    scored_count: int = 0
+    features: list = field(default_factory=list)
+    probabilities: list = field(default_factory=list)
+    anomaly_scores: list = field(default_factory=list)
+    # Ids of flows that ended while the snapshot was pending. Their final
+    # records are scored as they end, so their snapshot rows are dropped.
+    # The list grows for ceil(flows / interim_flows_per_batch) batches at most.
+    ended_flow_ids: list = field(default_factory=list)
+
+
 class Pipeline:
     """Decode, track flows, compute features and detect, one batch at a time."""
 
     def __init__(self, model, options: AnalyzeOptions | None = None, inspector=None):
         self.options = options or AnalyzeOptions()
+        if not self.options.interim_flows_per_batch >= 1:
+            raise ValueError(
+                f"invalid interim_flows_per_batch {self.options.interim_flows_per_batch!r}; expected an integer >= 1"
+            )
         self.model = model
         # Protocol inspector (engine.inspect.Inspector) or None; its per-flow
         # results wait in _inspections until the caller drains them.
@@ -202,6 +227,7 @@ class Pipeline:
         self.first_packet_ns: int | None = None
         self.last_packet_ns: int | None = None
         self._next_interim_ns: int | None = None
+        self._pending_interim: _PendingInterim | None = None
         # Flow ids already reported from an interim snapshot, so the same
         # live flow is not reported again at every snapshot.
         self._interim_reported: collections.OrderedDict = collections.OrderedDict()
@@ -212,8 +238,13 @@ class Pipeline:
         self.set_model(model)
 
     def set_model(self, model) -> None:
-        """Score with `model` from the next batch on (None: rules only); flows and windows stay."""
+        """Score with `model` from the next batch on (None: rules only); flows and windows stay.
+
+        A pending interim snapshot is dropped, because its scores came from
+        the previous model. Its flows are in the next snapshot again.
+        """
         self.model = model
+        self._pending_interim = None
         self._class_names = list(model.class_names) if model is not None else []
         self._class_ports = {
             self._class_names.index(name): np.array(ports, dtype=np.uint16)
@@ -262,13 +293,16 @@ class Pipeline:
         return detections
 
     def finish(self) -> list[Detection]:
-        """Flush live flows at end of input and score them."""
+        """Finish a pending interim snapshot, then flush live flows at end of input and score them."""
+        detections = []
+        while self._pending_interim is not None:
+            detections += self._continue_interim()
         flushed = self.flow_table.flush()
         if self.inspector is not None:
             if flushed.size:
                 self._inspections += self.inspector.end_flows(flushed["flow_id"])
             self._inspections += self.inspector.flush()
-        return self.score_flows(flushed)
+        return detections + self.score_flows(flushed)
 
     def drain_inspections(self) -> list:
         """Return the protocol inspection results gathered since the last call."""
@@ -281,6 +315,8 @@ class Pipeline:
             return []
         if not interim:
             self.counters["flows"] += int(flows.size)
+            if self._pending_interim is not None:
+                self._pending_interim.ended_flow_ids.append(flows["flow_id"].copy())
         detections = []
         if not interim:
             detections += [self._from_rule(hit) for hit in self.rules.on_flows(flows)]
@@ -309,6 +345,8 @@ class Pipeline:
         return flows[~seen]
 
     def _interim(self, now_ns: int) -> list[Detection]:
+        if self._pending_interim is not None:
+            return self._continue_interim()
         interval_ns = int(self.options.interim_interval_s * 1e9)
         if interval_ns <= 0:
             return []
@@ -318,29 +356,71 @@ class Pipeline:
         if now_ns < self._next_interim_ns:
             return []
         self._next_interim_ns = now_ns + interval_ns
+        if self.model is None:
+            return []
         live = self.flow_table.active_snapshot(self.options.interim_interval_s)
         if live.size == 0:
             return []
         if self._interim_reported:
             reported = np.fromiter(self._interim_reported, dtype=np.uint64, count=len(self._interim_reported))
             live = live[~np.isin(live["flow_id"], reported)]
+        self._pending_interim = _PendingInterim(live)
+        self.counters["interim_snapshots"] += 1
+        return self._continue_interim()
+
+    def _continue_interim(self) -> list[Detection]:
+        """Score the next interim_flows_per_batch flows of the pending snapshot.
+
+        Returns the snapshot's detections once its last flows are scored,
+        and an empty list before that.
+        """
+        pending = self._pending_interim
+        start = pending.scored_count
+        stop = min(start + self.options.interim_flows_per_batch, pending.flows.size)
+        if stop > start:
+            chunk = pending.flows[start:stop]
+            # NOTE: window features are read when a flow's chunk is scored,
+            # up to a few batches after the snapshot was taken.
+            features = flow_feature_matrix(chunk, self.windows)
+            pending.features.append(features)
+            pending.probabilities.append(self.model.predict_proba(features))
+            pending.anomaly_scores.append(self.model.anomaly_score(features))
+            pending.scored_count = stop
+        if stop < pending.flows.size:
+            self.counters["interim_batches_deferred"] += 1
+            return []
+
+        self._pending_interim = None
+        flows = pending.flows
+        if flows.size == 0:
+            return []
+        features = np.concatenate(pending.features)
+        probabilities = np.concatenate(pending.probabilities)
+        anomaly = np.concatenate(pending.anomaly_scores)
+        if pending.ended_flow_ids:
+            live = ~np.isin(flows["flow_id"], np.concatenate(pending.ended_flow_ids))
+            self.counters["interim_flows_ended_while_pending"] += int(flows.size - live.sum())
+            flows, features = flows[live], features[live]
+            probabilities, anomaly = probabilities[live], anomaly[live]
         self._last_reported_flow_ids = np.empty(0, dtype=np.uint64)
-        detections = self.score_flows(live, interim=True)
+        detections = self._detections_from_scores(flows, features, probabilities, anomaly) if flows.size else []
         # Every flow a detection counts, not only the MAX_FLOW_IDS it lists.
         for flow_id in self._last_reported_flow_ids.tolist():
             self._interim_reported[flow_id] = True
         while len(self._interim_reported) > 65_536:
             self._interim_reported.popitem(last=False)
-        self.counters["interim_flows_scored"] += int(live.size)
+        self.counters["interim_flows_scored"] += int(flows.size)
         return detections
 
     def _model_detections(self, flows: np.ndarray) -> list[Detection]:
         X = flow_feature_matrix(flows, self.windows)
+        return self._detections_from_scores(flows, X, self.model.predict_proba(X), self.model.anomaly_score(X))
 
-        proba = self.model.predict_proba(X)
+    def _detections_from_scores(self, flows: np.ndarray, X: np.ndarray, proba: np.ndarray,
+                      anomaly: np.ndarray) -> list[Detection]:
+        """Turn the model scores of `flows` into detections: thresholds, corroboration, grouping."""
         best = np.argmax(proba, axis=1)
         flagged = proba[np.arange(best.size), best] >= self._class_thresholds[best]
-        anomaly = self.model.anomaly_score(X)
 
         # NOTE: the shipped threshold keeps simulated benign traffic, day and
         # night, within 1%, but real traffic differs: 59 of 140 flows of a
