@@ -1,6 +1,6 @@
 """Live capture throughput and memory: `wardwatch run` on a veth pair fed by tcpreplay.
 
-    python bench/live.py [--capture FILE] [--rates 2000,5000,10000] [--soak-s 120]
+    python bench/live.py [--capture FILE] [--rates 2000,5000,10000] [--soak-s 120] [--soak-pps 2000]
 
 Needs root, ip and tcpreplay. The bench makes its own network namespace
 with a veth pair (deleted at the end) and sends traffic only inside it.
@@ -9,7 +9,8 @@ It reports, for 1 and 2 workers:
   * the highest tcpreplay rate (of --rates, and top speed) that `wardwatch
     run` captured with zero kernel drops, as a ratio of the file rate;
   * peak and final resident memory of all run processes over a soak replay
-    that loops the capture with new addresses each loop (a flow flood).
+    that loops the capture with new addresses each loop (a flow flood),
+    and the seconds into the soak at which the kernel counted drops.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ SAMPLE_CAPTURE = REPO_ROOT / "engine" / "data" / "sample.pcap"
 STATS_PATTERN = re.compile(r"wbc\w+: (\d+) packets")
 RSS_SAMPLE_INTERVAL_S = 30.0
 SUMMARY_PATTERN = re.compile(r"packets ([\d,]+) .*kernel packets ([\d,]+)\s+drops ([\d,]+)")
+KERNEL_DROPS_PATTERN = re.compile(r"kernel \d+ packets (\d+) drops")
+READ_GAP_PATTERN = re.compile(r"(\d+) ms max read gap")
 
 
 def file_rate(capture: Path, use_model: bool) -> float:
@@ -148,9 +151,16 @@ def live_trial(namespace: Namespace, capture: Path, workers: int, use_model: boo
              str(capture)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         timeline = []
+        # (seconds since the replay started, kernel drops so far) at each
+        # growth of the drop count, so a stall can be matched with the log.
+        drop_timeline = []
         while replay.poll() is None:
             time.sleep(0.5)
             if sample_rss:
+                drop_counts = KERNEL_DROPS_PATTERN.findall(stderr_path.read_text())
+                drops_so_far = int(drop_counts[-1]) if drop_counts else 0
+                if drops_so_far > (drop_timeline[-1][1] if drop_timeline else 0):
+                    drop_timeline.append((round(time.monotonic() - started, 1), drops_so_far))
                 rss = process_tree_rss_kib(run.pid)
                 peak_rss = max(peak_rss, rss)
                 elapsed = time.monotonic() - started
@@ -171,6 +181,9 @@ def live_trial(namespace: Namespace, capture: Path, workers: int, use_model: boo
             time.sleep(0.05)
         run.send_signal(signal.SIGTERM)
         output, _ = run.communicate(timeout=300)
+    # Each worker reports its longest gap since it started, so the largest
+    # number in the log is the longest gap of the trial.
+    read_gaps_ms = [int(gap) for gap in READ_GAP_PATTERN.findall(stderr_path.read_text())]
     match = SUMMARY_PATTERN.search(output)
     if match is None:
         raise RuntimeError(f"no summary from wardwatch run:\n{output}\n{stderr_path.read_text()}")
@@ -184,6 +197,8 @@ def live_trial(namespace: Namespace, capture: Path, workers: int, use_model: boo
         "first_rss_mib": round(first_rss / 1024, 1),
         "peak_rss_mib": round(peak_rss / 1024, 1), "final_rss_mib": round(final_rss / 1024, 1),
         "rss_timeline_s_mib": timeline,
+        "drop_timeline_s": drop_timeline,
+        "read_gap_max_ms": max(read_gaps_ms, default=None),
     }
 
 
@@ -194,6 +209,7 @@ def main() -> int:
                         help="tcpreplay packets/s to try, comma-separated, lowest first")
     parser.add_argument("--trial-s", type=float, default=8.0, help="seconds of replay per rate")
     parser.add_argument("--soak-s", type=float, default=120.0, help="seconds of the memory soak replay")
+    parser.add_argument("--soak-pps", type=int, default=2000, help="tcpreplay packets/s of the soak replay")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--no-model", action="store_true", help="run the rules only")
     parser.add_argument("--soak-only", action="store_true", help="skip the rate trials")
@@ -253,15 +269,17 @@ def main() -> int:
             print(f"workers {workers}: highest paced rate with zero drops {best_zero_drop:,} packets/s = "
                   f"{best_zero_drop / rate:.2f} x the file rate")
         for workers in (int(w) for w in arguments.workers.split(",")):
-            soak_pps = 2000
+            soak_pps = arguments.soak_pps
             loops = max(1, round(arguments.soak_s * soak_pps / packets_in_file))
             soak = live_trial(namespace, capture_copy, workers, use_model,
                               [f"--pps={soak_pps}", f"--loop={loops}", "--unique-ip"], workdir, sample_rss=True)
             results["soak"].append(soak)
-            print(f"soak workers {workers}: {soak['sent']:,} packets in {soak['replay_s']} s, drops {soak['drops']}, "
+            print(f"soak workers {workers}: {soak['sent']:,} packets in {soak['replay_s']} s at {soak_pps}/s, "
+                  f"drops {soak['drops']}, longest gap between ring reads {soak['read_gap_max_ms']} ms, "
                   f"RSS at start {soak['first_rss_mib']} MiB, peak {soak['peak_rss_mib']} MiB, "
                   f"end {soak['final_rss_mib']} MiB")
             print(f"  RSS (seconds, MiB): {soak['rss_timeline_s_mib']}")
+            print(f"  kernel drops (seconds, drops so far): {soak['drop_timeline_s']}")
     print(json.dumps(results))
     shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -1,4 +1,4 @@
-"""Worker pieces that need no capture: reload of model and thresholds, the stats record."""
+"""Worker pieces that need no capture: reload of model and thresholds, the stats record, the read-gap warning."""
 
 import sqlite3
 
@@ -8,7 +8,8 @@ import pytest
 from engine.alerts.store import ensure_schema, read_run_stats, write_run_stats
 from engine.analyze.pipeline import AnalyzeOptions
 from engine.analyze.rules import RuleConfig
-from engine.live.supervisor import LiveRunStats
+from engine.capture.live import RingConfig
+from engine.live.supervisor import LiveRun, LiveRunStats, LiveSettings
 from engine.live.worker import PacketRules, ReloadRequest, WorkerPipeline, apply_reload, warm_up
 from engine.flows import FLOW_DTYPE
 
@@ -107,3 +108,37 @@ def test_live_stats_row_round_trip():
     message = dict(vars(stats), type="stats")
     assert message["kernel_drops"] == 10
     assert message["workers"] == [{"worker": 0}]
+
+
+def read_gap_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "between two ring reads" in r.getMessage()]
+
+
+def test_read_gap_warning_once_per_maximum(caplog):
+    # 8 blocks x 100 ms: the ring keeps 0.8 s of a quiet link, and a gap
+    # above half of that is worth a warning.
+    ring = RingConfig(block_count=8, block_timeout_ms=100)
+    settings = LiveSettings(interface="eth9", workers=2, ring=ring, bpf_program=None, fanout_group=1,
+                            batch_size=64, batch_timeout_ms=100, stats_interval_s=1.0)
+    run = LiveRun(settings, AnalyzeOptions(), None, sink_factory=None)
+    run.worker_stats[0] = {"worker": 0, "pid": 100, "read_gap_max_ms": 500.0}
+    run.worker_stats[1] = {"worker": 1, "pid": 101, "read_gap_max_ms": 300.0}
+
+    with caplog.at_level("WARNING"):
+        run._publish_stats()
+    first = read_gap_warnings(caplog)
+    assert len(first) == 1
+    assert "worker 0 (pid 100) spent 0.5 s" in first[0]
+    assert "holds 0.8 s" in first[0]
+
+    # The same maximum again is not repeated; a longer gap is logged.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run._publish_stats()
+    assert read_gap_warnings(caplog) == []
+    run.worker_stats[0]["read_gap_max_ms"] = 900.0
+    with caplog.at_level("WARNING"):
+        run._publish_stats()
+    second = read_gap_warnings(caplog)
+    assert len(second) == 1
+    assert "spent 0.9 s" in second[0]

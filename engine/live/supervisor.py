@@ -133,6 +133,8 @@ class LiveRun:
         self._last_totals = (time.monotonic(), 0)  # (when, analysed packets) of the last report
         # worker id -> (sent_at, analysed packets, packets/s) of its last report
         self._previous_reports: dict[int, tuple[float, int, float]] = {}
+        # Worker id -> the read gap (ms) last warned about, so each new maximum is logged once.
+        self._read_gap_warned_ms: dict[int, float] = {}
 
     # --- start ---
 
@@ -450,7 +452,7 @@ class LiveRun:
 
         per_worker = ", ".join(
             f"w{w['worker']} {w.get('analysed_packets', 0)} pkts {w['packets_per_s']:.0f}/s "
-            f"{w.get('kernel_drops', 0)} drops"
+            f"{w.get('kernel_drops', 0)} drops {w.get('read_gap_max_ms', 0):.0f} ms max read gap"
             for w in workers
         )
         log.info(
@@ -464,5 +466,26 @@ class LiveRun:
                 "was full; add workers, enlarge the ring (--block-count) or narrow --filter",
                 self.settings.interface, stats.kernel_drops - previous_drops, stats.kernel_drops,
             )
+        self._warn_on_read_gaps(workers)
         if final:
             log.info("capture on %s ended", self.settings.interface)
+
+    def _warn_on_read_gaps(self, workers: list[dict]) -> None:
+        """Log a WARNING when a worker's longest gap between ring reads grew past half of the ring's time.
+
+        On a quiet link each ring block carries only one block timeout of
+        traffic, so a worker that leaves its ring alone for longer than
+        block count x block timeout loses packets at any packet rate.
+        """
+        ring = self.settings.ring
+        ring_time_ms = ring.block_count * ring.block_timeout_ms
+        for worker in workers:
+            gap_ms = worker.get("read_gap_max_ms", 0.0)
+            if gap_ms < ring_time_ms / 2 or gap_ms <= self._read_gap_warned_ms.get(worker["worker"], 0.0):
+                continue
+            self._read_gap_warned_ms[worker["worker"]] = gap_ms
+            log.warning(
+                "worker %d (pid %s) spent %.1f s between two ring reads, and on a quiet link its ring "
+                "holds %.1f s (--block-count x --block-timeout); longer pauses drop packets",
+                worker["worker"], worker.get("pid"), gap_ms / 1000, ring_time_ms / 1000,
+            )

@@ -93,7 +93,7 @@ class WorkerPipeline(Pipeline):
 # Options a reload may change on a running pipeline. The flow table and the
 # rule windows are sized at start, so their options need a restart.
 RELOADABLE_OPTIONS = (
-    "interim_interval_s", "anomaly_min_packets",
+    "interim_interval_s", "interim_flows_per_batch", "anomaly_min_packets",
     "flood_min_flows", "flood_min_flows_per_s", "scan_min_ports", "sweep_min_hosts", "tunnel_min_queries",
 )
 RULE_WINDOW_FIELDS = (
@@ -225,11 +225,12 @@ def run_worker(settings: WorkerSettings, capture, model, results, control, other
 
     try:
         pipeline = WorkerPipeline(model, settings.options, new_inspector(settings.inspect))
-        _capture_loop(settings, capture, pipeline, results, control, stop)
+        read_gap = ReadGap()
+        _capture_loop(settings, capture, pipeline, results, control, stop, read_gap)
         for batch in capture.drain():
             _process(worker_id, pipeline, batch, results)
         _send_batch(worker_id, pipeline, pipeline.finish(), results)
-        results.put(("done", worker_id, _worker_stats(worker_id, capture, pipeline)))
+        results.put(("done", worker_id, _worker_stats(worker_id, capture, pipeline, read_gap)))
     except Exception as error:  # reported to the supervisor, which stops the run
         log.exception("worker %d failed", worker_id)
         results.put(("failed", worker_id, f"{type(error).__name__}: {error}"))
@@ -244,13 +245,34 @@ def run_worker(settings: WorkerSettings, capture, model, results, control, other
             results.cancel_join_thread()
 
 
-def _capture_loop(settings, capture, pipeline, results, control, stop) -> None:
+class ReadGap:
+    """Maximum time, in ms, that a worker spent between two ring reads since it started.
+
+    The kernel fills the ring during that time, so a gap longer than the
+    ring holds (block count x block timeout on a quiet link) drops packets.
+    """
+
+    def __init__(self):
+        self.max_ms = 0.0
+        self._last_read_at: float | None = None
+
+    def mark_read_end(self) -> None:
+        self._last_read_at = time.perf_counter()
+
+    def mark_read_start(self) -> None:
+        if self._last_read_at is not None:
+            self.max_ms = max(self.max_ms, (time.perf_counter() - self._last_read_at) * 1000)
+
+
+def _capture_loop(settings, capture, pipeline, results, control, stop, read_gap) -> None:
     worker_id = settings.worker_id
     capture.start()
     log.info("worker %d (pid %d) capturing on %s", worker_id, os.getpid(), capture.interface)
     next_stats = time.monotonic() + settings.stats_interval_s
     while not stop.requested:
+        read_gap.mark_read_start()
         batch = capture.read(timeout_ms=READ_TIMEOUT_MS)
+        read_gap.mark_read_end()
         if batch is not None:
             _process(worker_id, pipeline, batch, results)
         while control.poll():
@@ -258,7 +280,7 @@ def _capture_loop(settings, capture, pipeline, results, control, stop) -> None:
         now = time.monotonic()
         if now >= next_stats:
             next_stats = now + settings.stats_interval_s
-            results.put(("stats", worker_id, _worker_stats(worker_id, capture, pipeline)))
+            results.put(("stats", worker_id, _worker_stats(worker_id, capture, pipeline, read_gap)))
     capture.stop()
     log.info("worker %d stopping: draining the ring", worker_id)
 
@@ -290,8 +312,9 @@ def _handle_control(worker_id, pipeline, message, results) -> None:
     results.put(("reloaded", worker_id, None))
 
 
-def _worker_stats(worker_id, capture, pipeline) -> dict:
+def _worker_stats(worker_id, capture, pipeline, read_gap) -> dict:
     stats = {"worker": worker_id, "pid": os.getpid(), "sent_at": time.time()}
+    stats["read_gap_max_ms"] = round(read_gap.max_ms, 1)
     stats.update(capture.stats)
     pipeline_stats = pipeline.stats
     stats["flows"] = int(pipeline_stats.get("flows", 0))
