@@ -45,6 +45,16 @@ def test_full_disk_store(tmp_path):
     assert "cannot rollback" not in result.stderr
 
 
+def test_full_disk_while_store_tables_are_made(tmp_path):
+    # Room for the alert tables but not for the inspection tables created
+    # after them: the error must not hide behind a half-started analysis.
+    full = tmp_path / "full"
+    result = run_on_full_disk(full, wardwatch("analyze", "--no-bus", "-q", "--store", full / "s.db", SAMPLE), 150)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "database or disk is full" in result.stderr
+
+
 def test_full_disk_eve_output(tmp_path):
     full = tmp_path / "full"
     eve = full / "eve.jsonl"

@@ -269,7 +269,7 @@ def format_alert_line(alert) -> str:
               help="Flow active timeout, seconds [default: 1800].")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the closing summary, not each alert.")
 @click.option("--no-inspect", is_flag=True,
-              help="Skip protocol inspection (assets, findings, access policy, login records).")
+              help="Skip protocol inspection (assets, findings, exploit checks, access policy, login records).")
 @click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False),
               help="Access-policy TOML file (zones, clinical assets, registered HL7 senders).")
 @click.option("--linger", default=0.0, show_default=True, type=click.FloatRange(min=0),
@@ -356,10 +356,12 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
     except Exception as error:  # zmq.ZMQError on a bound port, sqlite3 errors, OSError
         capture_log.close()
         raise click.ClickException(f"cannot open the alert outputs: {error}") from error
+    inspection = None
     try:
         if sink.bus_endpoint:
             click.echo(f"Publishing alerts on {sink.bus_endpoint} (replay {sink.replay_endpoint})", err=True)
-        inspection = None if no_inspect else InspectionStage(sink.store_path, policy, alert_config)
+        if not no_inspect:
+            inspection = InspectionStage(sink.store_path, policy, alert_config)
         stop.install()
         for capture in captures:
             published.clear()
