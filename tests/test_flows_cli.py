@@ -121,6 +121,23 @@ def test_format_option_for_suffixless_output(handshake_pcap, tmp_path):
     assert invoke(path, "-o", os.devnull, "--format", "jsonl").exit_code == 0
 
 
+def test_format_must_match_suffix(handshake_pcap, tmp_path):
+    path, _ = handshake_pcap
+    result = invoke(path, "-o", tmp_path / "flows.jsonl", "--format", "csv")
+    assert result.exit_code == 2
+    assert "--format csv contradicts the suffix" in result.output
+    assert not (tmp_path / "flows.jsonl").exists()
+
+
+def test_dash_output_is_stdout(handshake_pcap, tmp_path, monkeypatch):
+    path, _ = handshake_pcap
+    monkeypatch.chdir(tmp_path)
+    result = invoke(path, "-o", "-", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("flow_id,src_ip,")
+    assert not (tmp_path / "-").exists()
+
+
 def test_invalid_timeout_exits_2(handshake_pcap):
     path, _ = handshake_pcap
     result = invoke(path, "--idle-timeout", "0")

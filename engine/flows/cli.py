@@ -77,9 +77,14 @@ class FlowWriter:
 
 
 def _output_format(path: str, chosen: str | None) -> str:
-    if chosen is not None:
-        return chosen
     suffix = Path(path).suffix.lower()
+    if chosen is not None:
+        if suffix in OUTPUT_FORMATS and OUTPUT_FORMATS[suffix] != chosen:
+            raise click.BadParameter(
+                f"--format {chosen} contradicts the suffix of {path}; drop --format or rename the output",
+                param_hint="'--format'",
+            )
+        return chosen
     if suffix not in OUTPUT_FORMATS:
         raise click.BadParameter(
             f"unsupported output suffix {suffix!r} in {path}; use .jsonl or .csv, or give --format",
@@ -96,7 +101,7 @@ WRITE_SLICE_FLOWS = 8192
 @click.argument("captures", nargs=-1, required=True)
 @click.option(
     "-o", "--output", metavar="FILE",
-    help="Write flow records to FILE: JSON lines for .jsonl, CSV for .csv. Default: JSON lines on stdout.",
+    help="Write flow records to FILE: JSON lines for .jsonl, CSV for .csv; - or no -o for stdout.",
 )
 @click.option(
     "--format", "output_format", type=click.Choice(sorted(set(OUTPUT_FORMATS.values()))), default=None,
@@ -142,6 +147,8 @@ def flows_command(captures, output, output_format, idle_timeout_s, active_timeou
     from engine.decode import anomaly_counts, decode_batch, new_anomaly_counters
     from engine.flows import FlowTable
 
+    if output == "-":
+        output = None  # standard output, as for captures
     output_format = _output_format(output, output_format) if output else (output_format or "jsonl")
     try:
         table = FlowTable(
