@@ -327,3 +327,25 @@ def test_command_stored_before_publish(tmp_path, action):
     # The outcome (delivery) is stored afterwards, on the same row.
     assert stored.status == record.status
     assert stored.detail == record.detail
+
+
+def test_restarted_responder_does_not_act_again(tmp_path):
+    # A responder restarted on its store gets the closing revision of an
+    # alert it already acted on (through replay): no second action.
+    store_path = tmp_path / "respond.db"
+    playbook = block_playbook()
+    first_alert = alert()
+    with closing(open_store(store_path)) as conn:
+        [record] = Responder(playbook, conn, clock=FakeClock()).handle(first_alert)
+        assert record.status == "dry_run"
+    closing_revision = alert()
+    closing_revision.id = first_alert.id
+    closing_revision.revision = 2
+    with closing(open_store(store_path)) as conn:
+        restarted = Responder(playbook, conn, clock=FakeClock())
+        assert restarted.handle(closing_revision) == []
+        assert restarted.counters["acted_before_restart"] == 1
+        # Another alert from the same source is a new decision.
+        [other] = restarted.handle(alert())
+        assert other.status == "dry_run"
+        assert len(records.list_actions(conn)) == 2

@@ -161,6 +161,21 @@ def active_actions(conn: sqlite3.Connection, now: float) -> list[ActionRecord]:
     return [_from_row(row) for row in rows]
 
 
+def acted_alert_rules(conn: sqlite3.Connection, limit: int) -> set[tuple[str, str]]:
+    """Return (alert id, rule) of the newest `limit` actions taken or planned, escalations and undone ones included.
+
+    Failed and skipped actions are left out, so a restarted responder tries
+    them again.
+    """
+    rows = conn.execute(
+        "SELECT alert_id, rule FROM response_actions WHERE alert_id IS NOT NULL"
+        " AND status IN ('applied', 'dry_run', 'escalated', 'expired', 'undone')"
+        " ORDER BY created_at DESC LIMIT ?",
+        (limit,),
+    )
+    return {(row[0], row[1]) for row in rows}
+
+
 def due_for_expiry(conn: sqlite3.Connection, now: float) -> list[ActionRecord]:
     """Return applied actions whose expires_at has passed at `now`."""
     rows = conn.execute(

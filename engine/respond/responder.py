@@ -123,6 +123,10 @@ class Responder:
         for record in records.active_actions(conn, self.clock()):
             if record.subject is not None:
                 self._active[_active_key(record)] = record.expires_at or float("inf")
+        # (alert id, rule) pairs a previous run of this store acted on. A
+        # restarted responder replays alerts it missed, and the closing
+        # revision of an alert it had already acted on must not act again.
+        self._acted_before = records.acted_alert_rules(conn, MAX_NOTIFIED)
 
     def prepare(self) -> None:
         """Create the nftables ruleset if a rule needs it (never in dry-run, where nothing is touched)."""
@@ -142,6 +146,9 @@ class Responder:
         stored = []
         for rule in self.playbook.matching_rules(alert, source_roles, target_roles):
             self.counters["rule_matches"] += 1
+            if (alert.id, rule.name) in self._acted_before:
+                self.counters["acted_before_restart"] += 1
+                continue
             for index, action in enumerate(rule.actions):
                 record = self._run_action(alert, rule, index, action, now)
                 if record is not None:
