@@ -417,7 +417,7 @@ class Pipeline:
         return self._detections_from_scores(flows, X, self.model.predict_proba(X), self.model.anomaly_score(X))
 
     def _detections_from_scores(self, flows: np.ndarray, X: np.ndarray, proba: np.ndarray,
-                      anomaly: np.ndarray) -> list[Detection]:
+                                anomaly: np.ndarray) -> list[Detection]:
         """Turn the model scores of `flows` into detections: thresholds, corroboration, grouping."""
         best = np.argmax(proba, axis=1)
         flagged = proba[np.arange(best.size), best] >= self._class_thresholds[best]
