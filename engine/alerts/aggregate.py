@@ -16,7 +16,7 @@ appended.
 
 A producer may report one capture-time window several times with its
 running totals (evidence "window_start"). A repeat updates the figures,
-flow ids and times of the alert that holds the window, but adds nothing to
+flow ids and times of the alert that contains the window, but adds nothing to
 its count, and it needs no rate-limit token. A window first counted by the
 rate-limit overflow alert stays there. A repeat that arrives after its
 alert closed opens a new alert that restates the window's totals, so the

@@ -13,7 +13,7 @@ with the window's running totals, sets evidence "window_start", and then
 only the latest report of each window counts. Such a repeat is not a new
 detection: it adds nothing to the detection count. Keys in max_keys keep
 the largest value seen. A producer names in evidence "lower_bound" the
-figures that may be below the true value, and the summary then says
+figures that may be below the true value, and the summary then writes
 "at least".
 """
 

@@ -56,7 +56,7 @@ __all__ = ["query_tables", "row_words", "update_tables"]
 
 MAX_PROBE = 8
 KEY_WORDS = 5
-# A slot is one row of its table's float64 array. The header holds the key
+# A slot is one row of its table's float64 array. The header contains the key
 # (words 0-4, read as uint64; the top bit of word 4 marks a used slot), the
 # last activity time, the landmark of the slot's sums and a host's last
 # send time. The statistics [half-life, field] follow. Pair rows end with
