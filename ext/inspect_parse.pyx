@@ -299,6 +299,8 @@ cdef enum: MAX_LOOKUP_DEPTH = 8     # jndi.MAX_LOOKUP_DEPTH
 cdef enum: MAX_LOOKUP_BYTES = 512   # jndi.MAX_LOOKUP_BYTES
 cdef enum: MAX_LOOKUPS = 16         # jndi.MAX_LOOKUPS, per line
 cdef enum: MAX_DECODE_ROUNDS = 2    # jndi.MAX_DECODE_ROUNDS
+cdef enum: MAX_SCHEME_BYTES = 16    # jndi.MAX_SCHEME_BYTES
+LIMITS["jndi.MAX_SCHEME_BYTES"] = MAX_SCHEME_BYTES
 LIMITS["jndi.MAX_LOOKUP_DEPTH"] = MAX_LOOKUP_DEPTH
 LIMITS["jndi.MAX_LOOKUP_BYTES"] = MAX_LOOKUP_BYTES
 LIMITS["jndi.MAX_LOOKUPS"] = MAX_LOOKUPS
@@ -374,10 +376,28 @@ cdef Py_ssize_t _resolve_lookup(const uint8_t* text, Py_ssize_t length, Py_ssize
         if body.length < MAX_LOOKUP_BYTES:
             body.data[body.length] = byte
             body.length += 1
-    if jndi.length < 0 and body.length >= 5 and _equal_lower(body.data, 5, b"jndi:"):
+    if (jndi.length < 0 and body.length >= 5 and _equal_lower(body.data, 5, b"jndi:")
+            and _starts_with_scheme(body.data + 5, body.length - 5)):
         memcpy(jndi.data, body.data, body.length)
         jndi.length = body.length
     return position
+
+
+cdef bint _starts_with_scheme(const uint8_t* name, Py_ssize_t length) noexcept nogil:
+    """Return True when name starts with a URL scheme and its colon (jndi.starts_with_scheme)."""
+    cdef Py_ssize_t index
+    cdef uint8_t byte
+    cdef bint letter
+    for index in range(min(length, MAX_SCHEME_BYTES + 1)):
+        byte = name[index]
+        if byte == 0x3A:  # ':'
+            return index > 0
+        letter = (0x41 <= byte <= 0x5A) or (0x61 <= byte <= 0x7A)
+        if index == 0 and not letter:
+            return False
+        if not (letter or 0x30 <= byte <= 0x39 or byte == 0x2B or byte == 0x2D or byte == 0x2E):
+            return False
+    return False
 
 
 cdef Py_ssize_t _find_lookup_start(const uint8_t* text, Py_ssize_t position, Py_ssize_t length) noexcept nogil:
@@ -422,7 +442,7 @@ cdef inline int _hex_digit(uint8_t byte) noexcept nogil:
 
 
 cdef bytes _percent_decode(const uint8_t* text, Py_ssize_t length):
-    """Replace each %XX escape with its byte (jndi.percent_decode)."""
+    """Replace each %XX escape and each JSON escape of an ASCII character with its byte (jndi.percent_decode)."""
     cdef bytearray out = bytearray(length)
     cdef uint8_t* target = out
     cdef Py_ssize_t i = 0, count = 0
@@ -436,6 +456,16 @@ cdef bytes _percent_decode(const uint8_t* text, Py_ssize_t length):
                 count += 1
                 i += 3
                 continue
+        # \u00XX with XX below 0x80: a JSON escape of an ASCII character.
+        if (text[i] == 0x5C and i + 5 < length and text[i + 1] == 0x75 and text[i + 2] == 0x30
+                and text[i + 3] == 0x30):
+            high = _hex_digit(text[i + 4])
+            low = _hex_digit(text[i + 5])
+            if 0 <= high <= 7 and low >= 0:
+                target[count] = <uint8_t>(high * 16 + low)
+                count += 1
+                i += 6
+                continue
         target[count] = text[i]
         count += 1
         i += 1
@@ -443,9 +473,11 @@ cdef bytes _percent_decode(const uint8_t* text, Py_ssize_t length):
 
 
 cdef bint _has_encoded_marker(const uint8_t* text, Py_ssize_t length) noexcept nogil:
-    """Return True when text contains %24, %25, %7B or %7b: an encoded '$', '%' or '{'."""
+    """Return True when text contains %24, %25, %7B or %7b (an encoded '$', '%' or '{') or a JSON escape \\u00."""
     cdef const uint8_t* found
     cdef Py_ssize_t position = 0
+    if _has_json_escape(text, length):
+        return True
     while position + 2 < length:
         found = <const uint8_t*>memchr(text + position, 0x25, length - position - 2)
         if found == NULL:
@@ -454,6 +486,21 @@ cdef bint _has_encoded_marker(const uint8_t* text, Py_ssize_t length) noexcept n
         if text[position + 1] == 0x32 and (text[position + 2] == 0x34 or text[position + 2] == 0x35):
             return True
         if text[position + 1] == 0x37 and (text[position + 2] == 0x42 or text[position + 2] == 0x62):
+            return True
+        position += 1
+    return False
+
+
+cdef bint _has_json_escape(const uint8_t* text, Py_ssize_t length) noexcept nogil:
+    """Return True when text contains \\u00, the start of a JSON escape of an ASCII character."""
+    cdef const uint8_t* found
+    cdef Py_ssize_t position = 0
+    while position + 3 < length:
+        found = <const uint8_t*>memchr(text + position, 0x5C, length - position - 3)
+        if found == NULL:
+            return False
+        position = found - text
+        if text[position + 1] == 0x75 and text[position + 2] == 0x30 and text[position + 3] == 0x30:
             return True
         position += 1
     return False

@@ -112,6 +112,7 @@ def test_compiled_limits_match_reference():
         "jndi.MAX_LOOKUP_BYTES": jndi.MAX_LOOKUP_BYTES,
         "jndi.MAX_LOOKUPS": jndi.MAX_LOOKUPS,
         "jndi.MAX_DECODE_ROUNDS": jndi.MAX_DECODE_ROUNDS,
+        "jndi.MAX_SCHEME_BYTES": jndi.MAX_SCHEME_BYTES,
         "clinical.MAX_MQTT_PACKETS": clinical.MAX_MQTT_PACKETS,
         "clinical.MAX_HL7_MESSAGES": clinical.MAX_HL7_MESSAGES,
         "clinical.AE_TITLE_LENGTH": clinical.AE_TITLE_LENGTH,

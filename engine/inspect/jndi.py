@@ -22,14 +22,21 @@ MAX_LOOKUP_DEPTH = 8
 MAX_LOOKUP_BYTES = 512
 # Lookups reported per scanned line.
 MAX_LOOKUPS = 16
-# Rounds of percent-decoding tried when the raw text has no lookup: two
-# rounds cover `%2524%257B`, a `${` encoded twice.
+# Rounds of decoding tried when the raw text has no lookup: two rounds
+# cover `%2524%257B`, a `${` encoded twice.
 MAX_DECODE_ROUNDS = 2
+# Longest URL scheme taken after `jndi:` (ldap, ldaps, rmi, dns, iiop, corba,
+# nds, nis, http): Log4j's JNDI lookup acts only on a name with a scheme.
+MAX_SCHEME_BYTES = 16
 
 JNDI_PREFIX = b"jndi:"
-_PERCENT_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
-# An encoded `$`, `{` or `%` (the last for double encoding).
-_ENCODED_MARKERS = (b"%24", b"%25", b"%7B", b"%7b")
+# A percent escape (RFC 3986 section 2.1), or a JSON escape of an ASCII
+# character (RFC 8259 section 7): a JSON body's `\u0024{` is a `${` once the
+# application has parsed it.
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})|\\u00([0-7][0-9A-Fa-f])")
+# An encoded `$`, `{` or `%` (the last for double encoding), or the start
+# of a JSON escape.
+_ENCODED_MARKERS = (b"%24", b"%25", b"%7B", b"%7b", b"\\u00")
 
 
 def lookup_value(body: bytes) -> bytes:
@@ -79,9 +86,26 @@ def _resolve(text: bytes, position: int, depth: int) -> tuple[int, bytes, int, b
         if len(body) < MAX_LOOKUP_BYTES:
             body.append(byte)
     resolved = bytes(body)
-    if jndi is None and resolved[:5].lower() == JNDI_PREFIX:
+    if jndi is None and resolved[:5].lower() == JNDI_PREFIX and starts_with_scheme(resolved[5:]):
         jndi = resolved
     return position, resolved, nested, jndi
+
+
+def starts_with_scheme(name: bytes) -> bool:
+    """Return True when `name` starts with a URL scheme and its colon (RFC 3986 section 3.1), such as `ldap:`.
+
+    Text such as `${jndi:...}` in a message about Log4Shell names no
+    scheme, so Log4j would fetch nothing.
+    """
+    for index, byte in enumerate(name[: MAX_SCHEME_BYTES + 1]):
+        if byte == 0x3A:  # ':'
+            return index > 0
+        letter = 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A
+        if index == 0 and not letter:
+            return False
+        if not (letter or 0x30 <= byte <= 0x39 or byte in b"+-."):
+            return False
+    return False
 
 
 def find_lookups(text: bytes) -> list[tuple[bytes, bool]]:
@@ -103,16 +127,17 @@ def find_lookups(text: bytes) -> list[tuple[bytes, bool]]:
 
 
 def percent_decode(text: bytes) -> bytes:
-    """Replace each %XX escape (RFC 3986 section 2.1) with its byte; other bytes stay."""
-    return _PERCENT_ESCAPE.sub(lambda match: bytes([int(match.group(1), 16)]), text)
+    """Replace each %XX escape and each JSON escape of an ASCII character (\\u00XX) with its byte; other bytes stay."""
+    return _ESCAPE.sub(lambda match: bytes([int(match.group(1) or match.group(2), 16)]), text)
 
 
 def scan_line(line: bytes) -> list[tuple[bytes, bool, bool]]:
     """Return (lookup, obfuscated, url_encoded) for each JNDI lookup in one line.
 
     The raw line is searched first. Only when it has none and contains an
-    encoded `$`, `{` or `%` is it percent-decoded, at most MAX_DECODE_ROUNDS
-    times, and searched again.
+    encoded `$`, `{` or `%` or a JSON escape is it decoded, at most
+    MAX_DECODE_ROUNDS times, and searched again. Its hits then have
+    `url_encoded` True.
     """
     hits = find_lookups(line)
     text = line

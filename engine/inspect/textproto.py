@@ -131,7 +131,7 @@ def parse_http(initiator: bytes, responder: bytes, fields: dict) -> None:
 
 def _add_jndi_lookups(lookups: list, line: bytes, request_index: int, location: str, header: bytes) -> None:
     """Append the Log4Shell JNDI lookups of one request line, header or body line to `lookups`."""
-    if len(lookups) >= MAX_ITEMS or (b"$" not in line and b"%" not in line):
+    if len(lookups) >= MAX_ITEMS or (b"$" not in line and b"%" not in line and b"\\u00" not in line):
         return
     for lookup, obfuscated, url_encoded in jndi.scan_line(line)[: MAX_ITEMS - len(lookups)]:
         lookups.append({
