@@ -95,6 +95,23 @@ def test_keys_generate(tmp_path):
     assert "already exists" in again.output
 
 
+def test_keys_add_pseudonymization_key_only(tmp_path):
+    # A key directory made for CURVE gets its pseudonymization key later,
+    # and the certificates stay as they were.
+    out = tmp_path / "keys"
+    runner = CliRunner()
+    assert runner.invoke(main, ["keys", "generate", "--out", str(out)]).exit_code == 0
+    certificate = (out / "server.key_secret").read_bytes()
+    added = runner.invoke(main, ["keys", "generate", "--out", str(out), "--pseudonymization-key", "--no-curve"])
+    assert added.exit_code == 0, added.output
+    assert len((out / "pseudonymization.key").read_text().strip()) == 64
+    assert (out / "server.key_secret").read_bytes() == certificate
+    assert sorted(path.name for path in out.iterdir()) == ["pseudonymization.key", "server.key", "server.key_secret"]
+    nothing = runner.invoke(main, ["keys", "generate", "--out", str(out), "--no-curve"])
+    assert nothing.exit_code == 2
+    assert "--no-curve writes nothing without --pseudonymization-key" in nothing.output
+
+
 def test_tail_since_needs_replay():
     result = CliRunner().invoke(main, ["alerts", "tail", "--connect", "tcp://127.0.0.1:1", "--since", "4"])
     assert result.exit_code == 2

@@ -248,34 +248,42 @@ def keys():
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for the key files (created if missing).")
 @click.option("--name", default="server", show_default=True, help="Certificate name: writes NAME.key (public) and NAME.key_secret.")
 @click.option("--pseudonymization-key", is_flag=True, help="Also write pseudonymization.key for --pseudonymize.")
-def generate_keys(out_dir, name, pseudonymization_key):
-    """Write a CURVE key pair in ZeroMQ certificate format (zmq.auth)."""
+@click.option("--no-curve", is_flag=True,
+              help="Write no CURVE key pair: with --pseudonymization-key, add only that key to a key directory.")
+def generate_keys(out_dir, name, pseudonymization_key, no_curve):
+    """Write a CURVE key pair in ZeroMQ certificate format (zmq.auth), and the pseudonymization key on request."""
     import zmq.auth
 
     from engine.privacy import KEY_FILE_NAME, generate_key_file
 
+    if no_curve and not pseudonymization_key:
+        raise click.UsageError("--no-curve writes nothing without --pseudonymization-key")
     if not name or os.sep in name or name in (".", ".."):
         raise click.BadParameter(f"invalid name {name!r}; expected a file name without {os.sep}", param_hint="--name")
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as error:
         raise click.ClickException(f"cannot create key directory {out_dir}: {error.strerror}") from error
-    public_path = os.path.join(out_dir, f"{name}.key")
-    secret_path = public_path + "_secret"
-    for path in (public_path, secret_path):
-        if os.path.exists(path):
-            raise click.ClickException(f"{path} already exists; choose another --name or --out")
-    # zmq.auth writes with the process umask, so without this the secret
-    # key would be readable by others until the chmod below.
-    previous_umask = os.umask(0o077)
-    try:
-        public_file, secret_file = zmq.auth.create_certificates(out_dir, name)
-    finally:
-        os.umask(previous_umask)
-    os.chmod(secret_file, 0o600)
-    os.chmod(public_file, 0o644)
-    click.echo(f"public certificate: {public_file}")
-    click.echo(f"secret certificate: {secret_file}")
+    if not no_curve:
+        public_path = os.path.join(out_dir, f"{name}.key")
+        secret_path = public_path + "_secret"
+        for path in (public_path, secret_path):
+            if os.path.exists(path):
+                raise click.ClickException(
+                    f"{path} already exists; choose another --name or --out, or give --no-curve to add only "
+                    "the pseudonymization key"
+                )
+        # zmq.auth writes with the process umask, so without this the secret
+        # key would be readable by others until the chmod below.
+        previous_umask = os.umask(0o077)
+        try:
+            public_file, secret_file = zmq.auth.create_certificates(out_dir, name)
+        finally:
+            os.umask(previous_umask)
+        os.chmod(secret_file, 0o600)
+        os.chmod(public_file, 0o644)
+        click.echo(f"public certificate: {public_file}")
+        click.echo(f"secret certificate: {secret_file}")
     if pseudonymization_key:
         key_path = os.path.join(out_dir, KEY_FILE_NAME)
         try:
