@@ -157,7 +157,18 @@ class Pseudonymizer:
         """
         if not text:
             return text
-        return _ADDRESS_RUN.sub(lambda match: self._scrub_run(match.group(0)), text)
+
+        def replace(match: re.Match) -> str:
+            replaced = self._scrub_run(match.group(0))
+            # The host of a URL ("ldap://10.0.0.1/a"): an IPv6 address there
+            # goes in brackets (RFC 3986 section 3.2.2), or the URL no longer parses.
+            start = match.start()
+            if (start >= 3 and text[start - 3:start] == "://" and ":" in replaced
+                    and not replaced.startswith("[") and text[start - 1:start] != "["):
+                return f"[{replaced}]"
+            return replaced
+
+        return _ADDRESS_RUN.sub(replace, text)
 
     def _scrub_run(self, run: str) -> str:
         replaced = self.address_pseudonym(run)

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import dpkt
@@ -181,6 +182,17 @@ def test_scrub_replaces_address_with_port():
     assert pseudonymizer.scrub_text("[fe80::1%eth0]:22") == f"[{v6}]:22"
     # tcpdump writes address.port
     assert pseudonymizer.scrub_text("10.1.2.3.443 >") == f"{v4}.443 >"
+
+
+def test_scrub_keeps_url_host_parsable():
+    # A URL's host must stay a valid host once it is an IPv6 pseudonym.
+    pseudonymizer = Pseudonymizer(KEY)
+    v4 = pseudonymizer.ip("203.0.113.217")
+    v6 = pseudonymizer.ip("2001:db8::5")
+    assert pseudonymizer.scrub_text("jndi:ldap://203.0.113.217/a") == f"jndi:ldap://[{v4}]/a"
+    assert pseudonymizer.scrub_text("jndi:ldap://203.0.113.217:1389/a") == f"jndi:ldap://[{v4}]:1389/a"
+    assert pseudonymizer.scrub_text("http://[2001:db8::5]/x") == f"http://[{v6}]/x"
+    assert urllib.parse.urlsplit(pseudonymizer.scrub_text("ldap://203.0.113.217/a")).hostname == v4
 
 
 @pytest.mark.parametrize("written", [
