@@ -370,7 +370,7 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
                 digest = capture_log.digests.get(capture)
                 inspection.capture_key = digest[0][:16] if digest else None
             try:
-                pipeline = Pipeline(model, options, inspector)
+                pipeline = Pipeline(model, options, inspector, keep_empty_flows=inspector is not None)
             except MemoryError as error:
                 raise click.ClickException(
                     f"cannot allocate the flow and window tables (flow_capacity {options.flow_capacity:,}, "
@@ -385,7 +385,8 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
                     for batch in reader:
                         emit(sink, pipeline.process(batch.packets, batch.data))
                         if inspection is not None:
-                            record_all(sink, inspection.on_results(pipeline.drain_inspections()))
+                            results = inspection.on_results(pipeline.drain_inspections(), pipeline.drain_empty_flows())
+                            record_all(sink, results)
                         if pipeline.last_packet_ns is not None:
                             with stop.sink_call():
                                 record(sink.expire(pipeline.last_packet_ns / 1e9))
@@ -409,7 +410,7 @@ def analyze_command(captures, store_path, model_path, config_path, batch_size, i
                            f"{capture} and storing their alerts", err=True)
             emit(sink, pipeline.finish())
             if inspection is not None:
-                record_all(sink, inspection.on_results(pipeline.drain_inspections()))
+                record_all(sink, inspection.on_results(pipeline.drain_inspections(), pipeline.drain_empty_flows()))
                 record_all(sink, inspection.finish_capture())
             status.clear()
             end_time = pipeline.last_packet_ns / 1e9 if pipeline.last_packet_ns is not None else None
@@ -554,10 +555,18 @@ class InspectionStage:
 
         return Inspector()
 
-    def on_results(self, results) -> list:
-        """Update assets and return finding and policy alerts for a list of flow inspections."""
+    def on_results(self, results, ended_flows=None) -> list:
+        """Update assets and return finding and policy alerts for a list of flow inspections.
+
+        `ended_flows` are FLOW_DTYPE records of flows that ended in the same
+        batch. The Log4Shell callback check reads those without payload,
+        because a refused or unanswered callback has no inspection result.
+        """
+        callback_alerts = []
+        if ended_flows is not None and ended_flows.size:
+            callback_alerts = self.callbacks.observe_flows(ended_flows)
         if not results:
-            return []
+            return callback_alerts
         from engine.inspect.pipeline import analyse
 
         output = analyse(results, self.zones, self.access, self.inventory, self.callbacks)
@@ -568,7 +577,8 @@ class InspectionStage:
             self._pseudonymise_users(output.logins)
             self._number_logins(output.logins)
             self.login_records += ingest_records(self.conn, output.logins)
-        return [alert for alert in output.alerts if not self._repeated_finding(alert)]
+        alerts = [alert for alert in output.alerts if not self._repeated_finding(alert)]
+        return alerts + callback_alerts
 
     def _number_logins(self, records) -> None:
         """Give traffic login records a capture-scoped origin and their order within the flow."""

@@ -22,7 +22,7 @@ from engine.decode import anomaly_counts, decode_batch, new_anomaly_counters
 from engine.features import WindowFeatures, flow_feature_matrix
 from engine.features.window import DEFAULT_CAPACITY as WINDOW_DEFAULT_CAPACITY
 from engine.flows import FlowTable
-from engine.flows.layout import EXPIRATION_NAMES
+from engine.flows.layout import EXPIRATION_NAMES, FLOW_DTYPE
 from engine.flows.records import address_text, mac_text
 from engine.taxonomy import ATTACK_CLASSES, BENIGN
 
@@ -204,7 +204,7 @@ class _PendingInterim:
 class Pipeline:
     """Decode, track flows, compute features and detect, one batch at a time."""
 
-    def __init__(self, model, options: AnalyzeOptions | None = None, inspector=None):
+    def __init__(self, model, options: AnalyzeOptions | None = None, inspector=None, keep_empty_flows: bool = False):
         self.options = options or AnalyzeOptions()
         if not self.options.interim_flows_per_batch >= 1:
             raise ValueError(
@@ -215,6 +215,12 @@ class Pipeline:
         # results wait in _inspections until the caller drains them.
         self.inspector = inspector
         self._inspections: list = []
+        # With keep_empty_flows, the ended TCP flows that carried no payload
+        # wait here until drain_empty_flows(), because the inspector returns
+        # no result for them. The caller drains after every batch, so this
+        # contains at most the flows one batch ended.
+        self.keep_empty_flows = keep_empty_flows
+        self._empty_flows: list[np.ndarray] = []
         self.flow_table = FlowTable(
             capacity=self.options.flow_capacity,
             idle_timeout_s=self.options.idle_timeout_s,
@@ -279,6 +285,7 @@ class Pipeline:
             self._inspections += self.inspector.process(packets, data)
             if ended.size:
                 self._inspections += self.inspector.end_flows(ended["flow_id"])
+        self._keep_empty(ended)
         self.counters["packets"] += int(packets.size)
         self.counters["bytes"] += int(packets["wirelen"].sum(dtype=np.uint64))
         timestamps = packets["ts_ns"]
@@ -302,12 +309,28 @@ class Pipeline:
             if flushed.size:
                 self._inspections += self.inspector.end_flows(flushed["flow_id"])
             self._inspections += self.inspector.flush()
+        self._keep_empty(flushed)
         return detections + self.score_flows(flushed)
 
     def drain_inspections(self) -> list:
         """Return the protocol inspection results gathered since the last call."""
         results, self._inspections = self._inspections, []
         return results
+
+    def drain_empty_flows(self) -> np.ndarray:
+        """Return the ended TCP flows without payload kept since the last call (keep_empty_flows only)."""
+        if not self._empty_flows:
+            return np.empty(0, dtype=FLOW_DTYPE)
+        flows = np.concatenate(self._empty_flows) if len(self._empty_flows) > 1 else self._empty_flows[0]
+        self._empty_flows = []
+        return flows
+
+    def _keep_empty(self, ended: np.ndarray) -> None:
+        if not self.keep_empty_flows or not ended.size:
+            return
+        empty = ended[(ended["ip_proto"] == 6) & (ended["bidirectional_payload_bytes"] == 0)]
+        if empty.size:
+            self._empty_flows.append(empty)
 
     def score_flows(self, flows: np.ndarray, interim: bool = False) -> list[Detection]:
         """Score ended flows (or snapshots of live ones) with the model and the rules."""

@@ -315,8 +315,8 @@ class LiveRun:
             flow_rules = [Pipeline._from_rule(hit) for hit in self.flow_rules.on_flows(flows)]
         for detection in packet_rules + flow_rules + scored:
             self._published(self.sink.submit(alert_from_detection(detection, self.sensor_id)))
-        if inspections and self.inspection is not None:
-            for alert in self.inspection.on_results(inspections):
+        if self.inspection is not None and (inspections or flows is not None):
+            for alert in self.inspection.on_results(inspections, flows):
                 self._published(self.sink.submit(alert))
         if flows is not None and self.flow_writer is not None:
             self.flows_logged += self.flow_writer(flows)
