@@ -753,6 +753,14 @@ cdef inline int closed_flow_over(const table_state *t, const flow_entry *e,
         now_ns - e.hot.first_seen_ns > t.active_timeout_ns
 
 
+cdef inline int before_flow(const table_state *t, const flow_entry *e, int64_t now_ns) noexcept nogil:
+    # A packet more than the idle timeout before a flow's first packet can
+    # no more belong to it than one that long after its last packet. This
+    # happens after the clock steps back, and without the check the flow's
+    # duration would span the step.
+    return e.hot.first_seen_ns - now_ns > t.idle_timeout_ns
+
+
 # ---------------------------------------------------------------- flow life
 
 cdef inline uint8_t is_reply_segment(const ww_packet *packet) noexcept nogil:
@@ -1077,12 +1085,12 @@ cdef void sweep(table_state *t, uint64_t budget) noexcept nogil:
 cdef inline int64_t advance_clock(table_state *t, int64_t ts_ns) noexcept nogil:
     # Return the time the packet's own flow times out against: the clock,
     # or the packet's time while a jump ahead or a step back to it waits for
-    # confirmation. A packet after a step back thus joins a flow of its key
-    # seen before the step (as tshark's conversations do) instead of ending
-    # it as idle.
-    # NOTE: an outlier far behind that joins a live flow moves its
-    # first_seen_ns back, so the active timeout may split that flow at its
-    # next packet.
+    # confirmation. A packet after a step back joins a flow of its key seen
+    # before the step only while it lies within the idle timeout of that
+    # flow's first packet (before_flow). Otherwise it ends that flow as idle.
+    # NOTE: an outlier of a live flow's key, dated more than the idle
+    # timeout back, therefore splits that flow in three: before, the
+    # outlier alone, and after.
     if t.jump_candidate_ns != CLOCK_UNSET:
         if t.jump_candidate_ns > t.clock_ns:
             if ts_ns >= t.jump_candidate_ns - CLOCK_JUMP_NS:
@@ -1177,14 +1185,14 @@ cdef void process_packet(table_state *t, ww_packet *packet,
         if e.hot.closed:
             # A SYN without ACK reuses the ports for a new connection. Any
             # other packet within the close delay is a late one of the flow.
-            if closed_flow_over(t, e, now_ns) or \
+            if closed_flow_over(t, e, now_ns) or before_flow(t, e, now_ns) or \
                     (is_tcp and (packet.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN):
                 export_closed(t, e)
                 flipped = is_tcp and is_reply_segment(packet)
                 start_flow(t, e, packet, src_is_lo, not flipped, flipped)
             else:
                 after_close = 1
-        elif now_ns - e.hot.last_seen_ns > t.idle_timeout_ns:
+        elif now_ns - e.hot.last_seen_ns > t.idle_timeout_ns or before_flow(t, e, now_ns):
             export_entry(t, e, WW_EXPIRATION_IDLE)
             t.counters.flows_expired_idle += 1
             flipped = is_tcp and is_reply_segment(packet)

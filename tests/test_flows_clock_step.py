@@ -119,15 +119,59 @@ def test_step_back_across_batches(step_back_pcap):
     assert table.stats["clock_steps_back"] == 1
 
 
-def test_step_back_joins_flow_of_same_key(tmp_path):
-    # The key of flow A comes back after the step: like tshark's
-    # conversations, its packets join the flow seen before the step.
+@pytest.fixture
+def same_key_pcap(tmp_path):
+    """Flow A for 3 s at t=100000, flow C for 4 s after the step to t=1000, then one reply of flow A at t=1005."""
     records = [(100000.0 + i, udp_frame(HOST_A, HOST_B, 5000, 53)) for i in range(3)]
     records += [(1000.0 + i, udp_frame(HOST_C, HOST_B, 6000, 123)) for i in range(4)]
     records += [(1005.0, udp_frame(HOST_B, HOST_A, 53, 5000))]
-    path = write_pcap(tmp_path / "step_back_same_key.pcap", records)
-    expected = packets_per_conversation(path)
-    flows, _ = run_table([path])
+    return write_pcap(tmp_path / "step_back_same_key.pcap", records)
+
+
+def test_step_back_splits_flow_of_same_key(same_key_pcap):
+    # The reply of flow A lies 98,995 s before A's first packet, more than
+    # the 120 s idle timeout, so it starts a flow of its own and A ends as
+    # idle. tshark's conversations join the two (one per key), so the count
+    # is one more than theirs.
+    expected = packets_per_conversation(same_key_pcap)
+    flows, table = run_table([same_key_pcap], idle_timeout_s=120)
+    assert len(expected) == 2
+    assert len(flows) == 3
+    assert table.stats["flows_expired_idle"] == 1
+    by_start = {int(f["bidirectional_first_seen_ns"]) // 10**9: f for f in flows}
+    assert sorted(by_start) == [1000, 1005, 100000]
+    before_step = by_start[100000]
+    assert int(before_step["bidirectional_packets"]) == 3
+    assert float(before_step["bidirectional_duration_ms"]) == 2000.0
+    assert EXPIRATION_NAMES[int(before_step["expiration_id"])] == "idle"
+    after_step = by_start[1005]
+    assert int(after_step["bidirectional_packets"]) == 1
+    assert float(after_step["bidirectional_duration_ms"]) == 0.0
+    assert int(by_start[1000]["bidirectional_packets"]) == 4
+
+
+def test_flow_across_step_keeps_duration(tmp_path):
+    # One key sends at t=5000..5004 s, then the clock steps back 3600 s and
+    # it sends at t=1400..1404 s. Each side is its own flow of 4 s with 1 s
+    # between packets, never one flow of 3604 s.
+    records = [(5000.0 + i, udp_frame(HOST_A, HOST_B, 5000, 53)) for i in range(5)]
+    records += [(1400.0 + i, udp_frame(HOST_A, HOST_B, 5000, 53)) for i in range(5)]
+    path = write_pcap(tmp_path / "one_key_step.pcap", records)
+    result = CliRunner().invoke(main, ["flows", "--format", "jsonl", str(path)])
+    assert result.exit_code == 0, result.output
+    flows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [f["bidirectional_first_seen_ns"] // 10**9 for f in flows] == [5000, 1400]
+    assert [f["bidirectional_packets"] for f in flows] == [5, 5]
+    assert [f["bidirectional_duration_ms"] for f in flows] == [4000.0, 4000.0]
+    assert [f["bidirectional_max_piat_ms"] for f in flows] == [1000.0, 1000.0]
+    assert [f["expiration"] for f in flows] == ["idle", "flushed"]
+
+
+def test_step_back_within_idle_joins_flow(same_key_pcap):
+    # With an idle timeout longer than the step, the reply may belong to
+    # flow A, so it joins it as in tshark's conversations.
+    expected = packets_per_conversation(same_key_pcap)
+    flows, _ = run_table([same_key_pcap], idle_timeout_s=200_000, active_timeout_s=200_000)
     assert len(flows) == len(expected) == 2
     assert sorted(int(f["bidirectional_packets"]) for f in flows) == sorted(expected.values())
 
@@ -174,23 +218,26 @@ def tshark_conversations(path, kind):
 
 
 def gap_split_reference(path, idle_timeout_s):
-    """Count flows per key in file order, a new one after more than idle_timeout_s past the key's latest packet.
+    """Count flows per key in file order, a new one for a packet more than idle_timeout_s outside the key's flow.
 
-    Only the idle timeout applies, so the table under test gets an active
-    timeout longer than the capture.
+    Outside means after the flow's latest packet or before its first one
+    (behind a backward clock step). Only the idle timeout applies, so the
+    table under test gets an active timeout longer than the capture.
     """
     flows = 0
-    latest_ns = {}
+    span_ns = {}  # key -> [first, latest] packet time of its current flow
     with open(path, "rb") as handle:
         for ts, buf in dpkt.pcap.Reader(handle):
             ip = dpkt.ethernet.Ethernet(buf).data
             key = (conversation_key(ip.src, ip.dst, ip.data.sport, ip.data.dport), ip.p)
             ts_ns = round(ts * 1e9)
-            if key not in latest_ns or ts_ns - latest_ns[key] > idle_timeout_s * 1e9:
+            span = span_ns.get(key)
+            if span is None or ts_ns - span[1] > idle_timeout_s * 1e9 or span[0] - ts_ns > idle_timeout_s * 1e9:
                 flows += 1
-                latest_ns[key] = ts_ns
+                span_ns[key] = [ts_ns, ts_ns]
             else:
-                latest_ns[key] = max(latest_ns[key], ts_ns)
+                span[0] = min(span[0], ts_ns)
+                span[1] = max(span[1], ts_ns)
     return flows
 
 

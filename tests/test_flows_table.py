@@ -375,6 +375,8 @@ def test_one_outlying_timestamp_keeps_the_clock():
     # (a corrupt timestamp). The flow clock must not jump, or every live
     # flow would end by idle timeout at its next packet. Only the flow that
     # carries the outlier is split there, against the outlier's own time.
+    # The outlier's one-packet flow ends at the next packet of its key,
+    # which lies more than the idle timeout before it.
     outlier_s = 80 * 365 * 86400.0
     packets = batch(
         make_packet(0.0, CLIENT, SERVER, 1000, 2000, UDP),
@@ -387,12 +389,14 @@ def test_one_outlying_timestamp_keeps_the_clock():
     table = FlowTable(capacity=8, idle_timeout_s=120)
     ended = table.update(packets)
     assert table.stats["timestamp_jumps_held"] == 1
-    assert len(ended) == 1
-    assert ended[0]["src_port"] == 1000
-    assert ended[0]["bidirectional_packets"] == 2
+    assert len(ended) == 2
+    assert ended["src_port"].tolist() == [1000, 1000]
+    assert ended["bidirectional_packets"].tolist() == [2, 1]
+    assert [EXPIRATION_NAMES[e] for e in ended["expiration_id"]] == ["idle", "idle"]
+    assert ended[1]["bidirectional_first_seen_ns"] == int(outlier_s * 1e9)
     other = packets["flow_id"][[1, 4]].tolist()
     assert other[0] == other[1]
-    assert packets["flow_id"][3] == packets["flow_id"][5]
+    assert packets["flow_id"][3] != packets["flow_id"][5]
 
 
 def test_real_gap_in_traffic_moves_the_clock():
