@@ -25,9 +25,10 @@ def run_responder(responder: Responder, subscriber: GapFillingSubscriber, stop: 
 
     After each alert (handled or skipped as undecodable) its seq is stored
     as the position in its stream, so a restarted responder resumes after
-    it. NOTE: a crash between an alert's actions and that write makes the
-    restarted responder handle the alert again. The in-force table turns a
-    repeated block into a no-op, but a webhook is sent twice.
+    it. A crash before that write makes the restarted responder receive the
+    alert again, and it skips every rule that has a stored action for it.
+    NOTE: a crash between two actions of one rule therefore leaves that
+    rule's later actions undone.
     """
     stop = stop or threading.Event()
     positions.ensure_schema(responder.conn)
